@@ -1,0 +1,43 @@
+# Two commands, each sets itself up on a fresh machine (see README.md):
+#   make book   execute every chapter and write the website to _build/html
+#   make test   unit tests + every notebook executed with nbmake + the book built with warnings as errors
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch is installed first so that the package's "torch>=2.1" is already satisfied; 2.13.0 is the
+# CPU build the development and CI machines carry. Override e.g. with TORCH_SPEC=torch.
+TORCH_SPEC ?= torch==2.13.0
+BOOK_FLAGS := book --config _config.yml --toc _toc.yml --path-output .
+
+.PHONY: book test unit notebooks site clean sync
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[book,test]"
+	touch $@
+
+book: $(VENV)/.installed
+	$(VENV)/bin/jupyter-book build $(BOOK_FLAGS)
+	@echo "website: _build/html/index.html"
+
+test: $(VENV)/.installed
+	$(MAKE) unit notebooks site
+
+unit: $(VENV)/.installed
+	TQDM_DISABLE=1 $(PY) -m pytest -q tests -m "not site"
+
+notebooks: $(VENV)/.installed
+	TQDM_DISABLE=1 COMPANION_PROFILE=quick $(PY) -m pytest -q --nbmake --nbmake-timeout=300 book/*.ipynb
+
+site: $(VENV)/.installed
+	rm -rf _build
+	TQDM_DISABLE=1 COMPANION_PROFILE=quick $(VENV)/bin/jupyter-book build $(BOOK_FLAGS) -W --keep-going
+	$(PY) -m pytest -q tests -m site
+
+# regenerate every paired notebook from its .md source
+sync: $(VENV)/.installed
+	$(VENV)/bin/jupytext --to ipynb --update book/[0-9]*.md
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,12 @@
+"""Checkers for the book's coding exercises.
+
+A checker takes the student's function, runs it and the tested reference on random inputs, and
+prints a verdict that says what went wrong (an exception, a wrong shape, wrong values and where).
+All checkers are built on :func:`compare`; each chapter's checkers live in their own module here
+and are re-exported, so a notebook calls e.g. ``cp.exercises.check_vp_coefficients(my_fn)``.
+"""
+from .core import Verdict, compare
+from .forward import check_vp_coefficients
+from .projection import check_gradient_estimation
+
+__all__ = ["Verdict", "compare", "check_vp_coefficients", "check_gradient_estimation"]

@@ -1,0 +1,30 @@
+"""Checkers for Chapter 1 (forward SDEs)."""
+from __future__ import annotations
+
+import torch
+
+from ..sde import VP
+from .core import Verdict, compare
+
+__all__ = ["check_vp_coefficients"]
+
+
+def _vp_reference(t, beta_min, beta_max):
+    p = VP(beta_min, beta_max)
+    return p.s(t), p.sigma(t)
+
+
+def check_vp_coefficients(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) -> Verdict:
+    """Check ``fn(t, beta_min, beta_max) -> (s, sigma)``: the VP process's closed-form s(t), σ(t).
+
+    ``t`` is a float64 tensor of times in [0, 1]; the answer must match :class:`companion.sde.VP`.
+    """
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for _ in range(n_cases):
+        t = torch.rand(7, generator=g, dtype=torch.float64)
+        t[0] = 0.0
+        beta_min = float(0.05 + 0.5 * torch.rand((), generator=g))
+        beta_max = float(beta_min + 25 * torch.rand((), generator=g))
+        cases.append(((t, beta_min, beta_max), {}))
+    return compare(fn, _vp_reference, cases, rtol=1e-6, atol=1e-9, name="VP coefficients (s, sigma)", quiet=quiet)

@@ -1,0 +1,91 @@
+"""Where and how the book's code runs: device, seeding, profile and cache directory.
+
+Every chapter starts with ``cp.runtime.seed(0)`` and reads its sizes from
+``cp.runtime.choose(quick=..., full=...)``. The *quick* profile is what CI executes on a
+2-core CPU; the *full* profile runs at paper scale and is the default when CUDA is present.
+Set ``COMPANION_PROFILE=quick`` or ``COMPANION_PROFILE=full`` to override the default.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROFILES = ("quick", "full")
+
+__all__ = ["PROFILES", "device", "seed", "profile", "choose", "cache_dir", "in_colab", "describe"]
+
+
+def device() -> torch.device:
+    """The best available device: ``cuda``, then Apple ``mps``, then ``cpu``."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed(n: int = 0) -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices) with ``n``.
+
+    Returns a fresh CPU ``torch.Generator`` seeded with ``n`` for functions that take a
+    ``generator`` argument.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"seed: n must be a non-negative int, got {n!r}")
+    random.seed(n)
+    np.random.seed(n)
+    torch.manual_seed(n)
+    return torch.Generator().manual_seed(n)
+
+
+def profile() -> str:
+    """The active profile, ``"quick"`` or ``"full"``.
+
+    ``COMPANION_PROFILE`` decides when set; otherwise ``"full"`` if CUDA is available, else
+    ``"quick"``. Any other value of the variable raises ``ValueError``.
+    """
+    value = os.environ.get("COMPANION_PROFILE", "").strip()
+    if value:
+        if value not in PROFILES:
+            raise ValueError(
+                f"COMPANION_PROFILE must be one of {PROFILES}, got {value!r}"
+            )
+        return value
+    return "full" if torch.cuda.is_available() else "quick"
+
+
+def choose(quick, full):
+    """Return ``quick`` or ``full`` according to :func:`profile`.
+
+    Example: ``cfg = choose(quick=dict(n=1797, steps=2000), full=dict(n=60000, steps=200000))``.
+    """
+    return full if profile() == "full" else quick
+
+
+def cache_dir() -> Path:
+    """Directory for cached models and data (``COMPANION_CACHE`` or ``~/.cache/companion``)."""
+    path = Path(os.environ.get("COMPANION_CACHE", Path.home() / ".cache" / "companion"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def in_colab() -> bool:
+    """True when running inside Google Colab."""
+    return "google.colab" in sys.modules
+
+
+def describe() -> str:
+    """One line naming the device, the profile and the versions, printed by every setup cell."""
+    from . import __version__
+
+    return (
+        f"companion {__version__} | torch {torch.__version__} | python {platform.python_version()}"
+        f" | device: {device().type} | profile: {profile()}"
+    )

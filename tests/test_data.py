@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+import companion as cp
+
+
+@pytest.mark.parametrize("name", cp.data.TOY_2D)
+def test_toy_2d_shapes_and_determinism(name):
+    a = cp.data.toy_2d(name, 500, generator=torch.Generator().manual_seed(1))
+    b = cp.data.toy_2d(name, 500, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (500, 2) and a.dtype == torch.float32
+    assert torch.equal(a, b) and torch.isfinite(a).all()
+    assert a.abs().max() < 8
+
+
+def test_toy_mixture_matches_ring_moments():
+    x = cp.data.toy_2d("mixture", 20000, generator=torch.Generator().manual_seed(0)).double()
+    radius = x.norm(dim=1)
+    assert abs(radius.mean().item() - 4.0) < 0.05  # points sit on the circle of radius 4
+    assert x.mean(0).abs().max() < 0.1
+
+
+def test_checkerboard_only_black_squares():
+    x = cp.data.toy_2d("checkerboard", 2000, generator=torch.Generator().manual_seed(0))
+    cell = torch.floor((x + 4) / 2).long()
+    assert ((cell[:, 0] + cell[:, 1]) % 2 == 0).all()
+
+
+def test_toy_bad_inputs():
+    with pytest.raises(ValueError, match="mixture"):
+        cp.data.toy_2d("spiral", 10)
+    with pytest.raises(ValueError, match="n must"):
+        cp.data.toy_2d("moons", 0)
+
+
+def test_digits():
+    x, y = cp.data.digits()
+    assert x.shape == (1797, 1, 8, 8) and y.shape == (1797,)
+    assert x.min() == -1 and x.max() == 1 and y.dtype == torch.long
+    assert set(y.tolist()) == set(range(10))
+    x[0] = 5.0  # a copy: the cache is not modified
+    assert cp.data.digits()[0].max() == 1

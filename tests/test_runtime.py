@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+import companion as cp
+
+
+def test_profile_default_follows_cuda(monkeypatch):
+    monkeypatch.delenv("COMPANION_PROFILE", raising=False)
+    assert cp.runtime.profile() == ("full" if torch.cuda.is_available() else "quick")
+
+
+@pytest.mark.parametrize("value", ["quick", "full"])
+def test_profile_env_override(monkeypatch, value):
+    monkeypatch.setenv("COMPANION_PROFILE", value)
+    assert cp.runtime.profile() == value
+    assert cp.runtime.choose(quick=1, full=2) == (1 if value == "quick" else 2)
+
+
+def test_profile_bad_value(monkeypatch):
+    monkeypatch.setenv("COMPANION_PROFILE", "medium")
+    with pytest.raises(ValueError, match="COMPANION_PROFILE"):
+        cp.runtime.profile()
+
+
+def test_device_is_available():
+    dev = cp.runtime.device()
+    torch.zeros(1, device=dev)  # usable
+    if torch.cuda.is_available():
+        assert dev.type == "cuda"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_profile_is_full(monkeypatch):
+    monkeypatch.delenv("COMPANION_PROFILE", raising=False)
+    assert cp.runtime.profile() == "full"
+
+
+def test_seed_reproducible():
+    g = cp.runtime.seed(3)
+    a, ga = torch.randn(4), torch.randn(4, generator=g)
+    g = cp.runtime.seed(3)
+    assert torch.equal(a, torch.randn(4)) and torch.equal(ga, torch.randn(4, generator=g))
+    with pytest.raises(ValueError, match="seed"):
+        cp.runtime.seed(-1)
+
+
+def test_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path / "c"))
+    assert cp.runtime.cache_dir() == tmp_path / "c" and (tmp_path / "c").is_dir()
+
+
+def test_describe_mentions_profile_and_device():
+    text = cp.runtime.describe()
+    assert "profile:" in text and "device:" in text
+
+
+def test_unknown_attribute():
+    with pytest.raises(AttributeError):
+        cp.not_a_module
