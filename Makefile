@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 # torch is installed first so that the package's "torch>=2.1" is already satisfied; 2.13.0 is the
 # CPU build the development and CI machines carry. Override e.g. with TORCH_SPEC=torch.
 TORCH_SPEC ?= torch==2.13.0
-BOOK_FLAGS := book --config _config.yml --toc _toc.yml --path-output .
+BOOK_FLAGS := book --config $(CURDIR)/_config.yml --toc $(CURDIR)/_toc.yml --path-output $(CURDIR)
 
 .PHONY: book test unit notebooks site clean sync
 $(VENV)/.installed: pyproject.toml

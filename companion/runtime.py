@@ -18,7 +18,7 @@ import torch
 
 PROFILES = ("quick", "full")
 
-__all__ = ["PROFILES", "device", "seed", "profile", "choose", "cache_dir", "in_colab", "describe"]
+__all__ = ["PROFILES", "device", "seed", "profile", "choose", "cache_dir", "in_colab", "describe", "glue"]
 
 
 def device() -> torch.device:
@@ -89,3 +89,16 @@ def describe() -> str:
         f"companion {__version__} | torch {torch.__version__} | python {platform.python_version()}"
         f" | device: {device().type} | profile: {profile()}"
     )
+
+
+def glue(name: str, value, display: bool = False):
+    """Make ``value`` quotable in a chapter's prose as ``{glue:text}`name```.
+
+    Uses ``myst_nb.glue`` when the book is being built; elsewhere (Colab, plain Jupyter) it does
+    nothing, so a chapter runs without the book's tools installed.
+    """
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:
+        return
+    _glue(name, value, display=display)

@@ -1,0 +1,73 @@
+"""Static checks of the book's sources: table of contents, paired notebooks, setup cells, template."""
+import re
+from pathlib import Path
+
+import jupytext
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+
+
+def toc_files():
+    files = [TOC["root"]]
+    for part in TOC.get("parts", []):
+        files += [c["file"] for c in part["chapters"]]
+    return files
+
+
+CHAPTERS = sorted(p for p in BOOK.glob("[0-9][0-9]_*.md"))
+
+
+def test_toc_files_exist_and_every_chapter_is_listed():
+    listed = toc_files()
+    for name in listed:
+        assert (BOOK / f"{name}.md").exists(), f"_toc.yml lists {name} but book/{name}.md is missing"
+    for md in CHAPTERS:
+        assert md.stem in listed, f"{md.name} is not in _toc.yml"
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
+def test_pair_in_sync_and_without_outputs(md):
+    nb_path = md.with_suffix(".ipynb")
+    assert nb_path.exists(), f"{nb_path.name} missing: run `jupytext --to ipynb {md.relative_to(ROOT)}`"
+    from_md = jupytext.read(md)
+    committed = jupytext.read(nb_path)
+    pair = lambda nb: [(c.cell_type, c.source) for c in nb.cells]  # noqa: E731
+    assert pair(from_md) == pair(committed), (
+        f"{nb_path.name} is out of sync with {md.name}: run `make sync` (jupytext --to ipynb --update)"
+    )
+    for cell in committed.cells:
+        if cell.cell_type == "code":
+            assert not cell.get("outputs"), f"{nb_path.name} has outputs committed"
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
+def test_setup_cell_installs_from_configured_repository(md):
+    url, branch = CONFIG["repository"]["url"], CONFIG["repository"]["branch"]
+    code = [c for c in jupytext.read(md).cells if c.cell_type == "code"]
+    first = code[0].source
+    assert "google.colab" in first and "pip" in first, "the first code cell must be the Colab setup cell"
+    assert f"git+{url}@{branch}" in first, f"setup cell must install git+{url}@{branch} (from _config.yml)"
+    assert "cp.runtime.seed(" in first and "cp.runtime.describe()" in first
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_template(md):
+    text = md.read_text()
+    assert "Learning objectives" in text and "Prerequisites" in text
+    assert len(re.findall(r"^:::\{exercise\}", text, flags=re.M)) >= 3, "at least three exercises"
+    assert re.search(r"^:::\{solution\}", text, flags=re.M), "exercises need solutions"
+    assert "cp.exercises.check" in text, "at least one coding exercise checked by companion.exercises"
+    assert "cp.runtime.choose(" in text, "sizes come from cp.runtime.choose(quick=..., full=...)"
+    assert "## Summary" in text and "{cite" in text
+
+
+def test_colab_configuration():
+    assert CONFIG["launch_buttons"]["colab_url"].startswith("https://colab.research.google.com")
+    assert CONFIG["repository"]["path_to_book"] == "book"
+    assert "**.ipynb" in CONFIG["exclude_patterns"]
+    assert CONFIG["execute"]["raise_on_error"] is True
