@@ -57,3 +57,11 @@ def test_describe_mentions_profile_and_device():
 def test_unknown_attribute():
     with pytest.raises(AttributeError):
         cp.not_a_module
+
+
+def test_profile_full_when_cuda_reported(monkeypatch):
+    """The default follows torch.cuda.is_available(); simulate a GPU machine."""
+    monkeypatch.delenv("COMPANION_PROFILE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cp.runtime.profile() == "full"
+    assert cp.runtime.choose(quick="q", full="f") == "f"
