@@ -13,7 +13,9 @@ import torch
 from ._checks import check_positive_int
 from .gmm import ring
 
-__all__ = ["TOY_2D", "toy_2d", "digits"]
+__all__ = ["TOY_2D", "IMAGE_SETS", "toy_2d", "digits", "image_set"]
+
+IMAGE_SETS = ("mnist", "fashion_mnist", "cifar10")
 
 TOY_2D = ("mixture", "moons", "swissroll", "checkerboard")
 
@@ -71,3 +73,48 @@ def digits():
     """
     images, labels = _digits_cached()
     return images.clone(), labels.clone()
+
+
+def image_set(name: str, n: int | None = None, size: int = 32, train: bool = True, root=None):
+    """A full-scale image set through torchvision (``full`` profile only: it downloads on first use).
+
+    Args:
+        name: one of ``IMAGE_SETS`` (``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``).
+        n: keep the first ``n`` images (all when ``None``).
+        size: side length after resizing (bilinear); 32 for the Kamb & Ganguli setting.
+        train: the training split (else the test split).
+        root: download directory (default ``runtime.cache_dir() / "torchvision"``).
+
+    Returns:
+        ``(images, labels)`` with images ``(N, C, size, size)`` float32 in [-1, 1].
+
+    Raises ``ValueError`` for an unknown name and ``ImportError`` naming the offline alternative
+    (:func:`digits`) when torchvision is not installed (``pip install diffusion-theory-companion[full]``).
+    """
+    if name not in IMAGE_SETS:
+        raise ValueError(f"name must be one of {IMAGE_SETS}, got {name!r}")
+    if n is not None:
+        check_positive_int(n, "n")
+    check_positive_int(size, "size")
+    try:
+        import torchvision
+    except ImportError as exc:
+        raise ImportError(
+            f"image_set({name!r}) needs torchvision and a download (the full profile); install the [full] extra, "
+            "or use the offline set cp.data.digits() (the quick profile)"
+        ) from exc
+    from . import runtime
+
+    root = root or runtime.cache_dir() / "torchvision"
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST,
+           "cifar10": torchvision.datasets.CIFAR10}[name]
+    ds = cls(root=str(root), train=train, download=True)
+    raw = torch.as_tensor(ds.data if not isinstance(ds.data, torch.Tensor) else ds.data.numpy())
+    images = raw.float().div(127.5).sub(1.0)
+    images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)
+    labels = torch.as_tensor(ds.targets, dtype=torch.long)
+    if n is not None:
+        images, labels = images[:n], labels[:n]
+    if images.shape[-1] != size:
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    return images.contiguous(), labels

@@ -40,3 +40,20 @@ def test_digits():
     assert set(y.tolist()) == set(range(10))
     x[0] = 5.0  # a copy: the cache is not modified
     assert cp.data.digits()[0].max() == 1
+
+
+def test_image_set_bad_name_and_offline_hint(monkeypatch):
+    import builtins
+
+    with pytest.raises(ValueError, match="mnist"):
+        cp.data.image_set("imagenet")
+    real_import = builtins.__import__
+
+    def no_torchvision(name, *args, **kwargs):
+        if name == "torchvision":
+            raise ImportError("no torchvision")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchvision)
+    with pytest.raises(ImportError, match="digits"):
+        cp.data.image_set("mnist")
