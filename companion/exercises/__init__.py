@@ -7,6 +7,10 @@ and are re-exported, so a notebook calls e.g. ``cp.exercises.check_vp_coefficien
 """
 from .core import Verdict, compare
 from .forward import check_vp_coefficients
+from .els import check_local_weights
+from .fokker import check_reverse_drift
 from .projection import check_gradient_estimation
+from .score import check_ideal_denoiser, check_sampler_step
 
-__all__ = ["Verdict", "compare", "check_vp_coefficients", "check_gradient_estimation"]
+__all__ = ["Verdict", "compare", "check_vp_coefficients", "check_reverse_drift", "check_gradient_estimation",
+           "check_ideal_denoiser", "check_sampler_step", "check_local_weights"]

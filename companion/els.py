@@ -1,0 +1,542 @@
+r"""Score machines for a finite training set: ideal (IS), local (LS) and equivariant local (ELS).
+
+Kamb & Ganguli, "An analytic theory of creativity in convolutional diffusion models" (ICML 2025).
+All three are exact Bayes-optimal denoisers ``D(x, sigma) -> x0_hat`` on the canonical scale
+:math:`x = x_0 + \sigma\varepsilon`, each under a different constraint:
+
+* **IS** (ideal score): one posterior over the K training images,
+  :math:`w_k \propto \exp(-\|x - x_0^{(k)}\|^2 / 2\sigma^2)`, and
+  :math:`D(x)=\sum_k w_k x_0^{(k)}`. It memorizes: as σ → 0 it returns the nearest training image.
+* **LS** (local score): pixel *i* sees only its k×k neighbourhood :math:`\Omega_i` and keeps its own
+  posterior over the training images, computed from the patches at the *same* location,
+  :math:`w_k(i) \propto \exp(-\|x_{\Omega_i} - x^{(k)}_{0,\Omega_i}\|^2/2\sigma^2)`, and
+  :math:`D(x)_i = \sum_k w_k(i)\, x^{(k)}_{0,i}`.
+* **ELS** (equivariant local score): as LS, but the posterior runs over the k×k patches at *all*
+  positions of all training images (the training set augmented by every translation); the estimate of
+  pixel *i* is the weighted mean of the patch centres. With ``padding="circular"`` the machine is
+  exactly translation equivariant. With ``padding="zeros"`` (the paper's model of zero-padded
+  networks, "boundary-broken" ELS) patches are zero padded and a patch may only be matched by a
+  training patch with the same padding pattern: interior pixels compare with all interior patches,
+  pixels near an edge with the patches at the same distance from that edge, corner pixels with the
+  patches at the same position.
+
+One mechanism covers all three: every pixel position belongs to a *class* of positions that may be
+exchanged (LS: itself; circular ELS: all positions; zero-padded ELS: the positions with the same
+padding pattern; IS: the whole image as one "position"), and the posterior of a query patch runs over
+the training patches at the positions of its class. Distances are computed with ``unfold`` and batched
+matrix products, and the softmax is accumulated over chunks of the training set with a running
+log-sum-exp, so memory stays bounded (``chunk_elements``) and the weights are exact.
+
+Also here: a locality schedule (patch size per σ), the paper's calibration of that schedule against a
+trained network, the per-image Pearson correlation used in the paper's Table 1, and a loader for the
+full-profile image sets (MNIST, FashionMNIST, CIFAR-10 at 32×32 through torchvision).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import as_sigma, as_tensor
+
+__all__ = [
+    "ScoreMachine", "ideal", "local", "equivariant_local", "position_classes", "local_weights",
+    "LocalitySchedule", "Calibration", "calibrate", "pearson_r", "load_images", "KINDS", "PADDINGS",
+]
+
+KINDS = ("is", "ls", "els")
+PADDINGS = ("zeros", "circular")
+
+
+# --------------------------------------------------------------------------------------------------
+# argument checks
+
+
+def _check_data(data, name="data") -> torch.Tensor:
+    t = as_tensor(data, name)
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be a (K, C, H, W) image tensor, got shape {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} must contain at least one image")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be finite")
+    return t
+
+
+def _check_patch_size(k, height: int, width: int, name="patch_size") -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        # accept integral tensors / numpy ints
+        try:
+            if float(k) != int(k):
+                raise ValueError
+            k = int(k)
+        except Exception:
+            raise ValueError(f"{name} must be an odd positive int, got {k!r}") from None
+    if k <= 0 or k % 2 == 0:
+        raise ValueError(f"{name} must be an odd positive int (a patch has a centre pixel), got {k}")
+    if k > min(height, width):
+        raise ValueError(
+            f"{name} = {k} is larger than the image ({height}×{width}); use at most {min(height, width)}"
+        )
+    return k
+
+
+def _check_x(x, shape, name="x") -> torch.Tensor:
+    t = as_tensor(x, name)
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be a (B, C, H, W) image batch, got shape {tuple(t.shape)}")
+    if tuple(t.shape[1:]) != tuple(shape):
+        what = "channels" if t.shape[1] != shape[0] else "image size"
+        raise ValueError(
+            f"{name} has shape {tuple(t.shape)}: its {what} do not match the training images "
+            f"(C, H, W) = {tuple(shape)}"
+        )
+    return t
+
+
+# --------------------------------------------------------------------------------------------------
+# position classes
+
+
+def _axis_keys(n: int, d: int) -> list[tuple[int, int]]:
+    """Padding pattern along one axis for each index: (#padded before, #padded after)."""
+    return [(max(0, d - i), max(0, i + d - (n - 1))) for i in range(n)]
+
+
+def position_classes(kind: str, padding: str, height: int, width: int, patch_size: int) -> list[torch.Tensor]:
+    """Which pixel positions may be exchanged by a machine, grouped for batched computation.
+
+    Positions are flat indices ``i * width + j``. Returns a list of int64 tensors, each ``(G, n)``:
+    ``G`` classes of ``n`` positions each. A query patch at a position of a class is compared with the
+    training patches at all positions of the same class. ``"ls"``: every position alone
+    (one tensor ``(H*W, 1)``); ``"els"`` with ``"circular"``: one class of all positions;
+    ``"els"`` with ``"zeros"``: the positions whose zero-padded k×k patch has the same padding
+    pattern (interior, each edge band row/column, each corner position). ``"is"``: ``[[0]]`` (the
+    whole image is one position).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    if kind == "is":
+        return [torch.zeros(1, 1, dtype=torch.long)]
+    n_pos = height * width
+    if kind == "ls":
+        return [torch.arange(n_pos).reshape(n_pos, 1)]
+    if padding == "circular":
+        return [torch.arange(n_pos).reshape(1, n_pos)]
+    d = patch_size // 2
+    rows, cols = _axis_keys(height, d), _axis_keys(width, d)
+    classes: dict[tuple, list[int]] = {}
+    for i in range(height):
+        for j in range(width):
+            classes.setdefault((rows[i], cols[j]), []).append(i * width + j)
+    by_size: dict[int, list[list[int]]] = {}
+    for members in classes.values():
+        by_size.setdefault(len(members), []).append(members)
+    return [torch.tensor(groups, dtype=torch.long) for _, groups in sorted(by_size.items())]
+
+
+def _patches(images: torch.Tensor, kind: str, padding: str, k: int) -> torch.Tensor:
+    """``(N, C, H, W)`` → patch vectors ``(N, P, L)``: P = C·k² (IS: C·H·W), L positions (IS: 1)."""
+    if kind == "is":
+        return images.reshape(images.shape[0], -1, 1)
+    d = k // 2
+    mode = "circular" if padding == "circular" else "constant"
+    padded = F.pad(images, (d, d, d, d), mode=mode) if d > 0 else images
+    return F.unfold(padded, k)
+
+
+def _centres(images: torch.Tensor, kind: str) -> torch.Tensor:
+    """The values a posterior averages: ``(N, V, L)`` (pixel values; IS: whole images)."""
+    if kind == "is":
+        return images.reshape(images.shape[0], -1, 1)
+    return images.reshape(images.shape[0], images.shape[1], -1)
+
+
+# --------------------------------------------------------------------------------------------------
+# the machine
+
+
+class ScoreMachine:
+    r"""The IS, LS or ELS machine for a training set: a denoiser ``D(x, sigma) -> x0_hat``.
+
+    For each pixel (IS: for the whole image) the estimate is a posterior mean over candidate training
+    patches :math:`y` with Bayes weights :math:`w(y) \propto \exp(-\|x_\Omega - y\|^2 / 2\sigma^2)`
+    (Kamb & Ganguli 2025, eqs. 1–3); the estimate is the weighted mean of the candidates' centre pixels.
+    The softmax is exact and streamed over the training set with a running log-sum-exp.
+
+    Args:
+        data: training images ``(K, C, H, W)``.
+        kind: ``"is"``, ``"ls"`` or ``"els"``.
+        patch_size: odd int ≤ min(H, W), or a callable ``sigma (float) -> int`` such as a
+            :class:`LocalitySchedule` (ignored for ``"is"``).
+        padding: ``"zeros"`` (boundary-broken; the model of zero-padded networks) or ``"circular"``
+            (exactly translation equivariant).
+        labels: optional ``(K,)`` class labels of the training images, for class conditioning.
+        chunk_elements: bound on the number of pairwise distances held in memory at once.
+        cache_elements: the training patches of a patch size are tabulated once and kept when the
+            table has at most this many elements (otherwise they are recomputed chunk by chunk).
+
+    Call: ``machine(x, sigma, labels=None, patch_size=None)`` with ``x`` ``(B, C, H, W)``, ``sigma`` a
+    float or ``(B,)`` tensor; ``labels`` ``(B,)`` restricts each sample's posterior to the training
+    images of its class; ``patch_size`` overrides the machine's. Returns ``x0_hat`` ``(B, C, H, W)``.
+    The computation runs in ``x``'s dtype and on ``x``'s device (float64 input: float64 ground truth).
+    """
+
+    def __init__(self, data, kind: str = "els", patch_size=3, padding: str = "zeros", labels=None,
+                 chunk_elements: int = 2 ** 20, cache_elements: int = 2 ** 25):
+        self.data = _check_data(data)
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        self.kind, self.padding = kind, padding
+        _, _, H, W = self.data.shape
+        if callable(patch_size):
+            self.patch_size = patch_size
+        else:
+            self.patch_size = _check_patch_size(patch_size, H, W) if kind != "is" else None
+        if labels is not None:
+            labels = torch.as_tensor(labels)
+            if labels.shape != (self.data.shape[0],):
+                raise ValueError(f"labels must have shape ({self.data.shape[0]},), got {tuple(labels.shape)}")
+            labels = labels.long()
+        self.labels = labels
+        if isinstance(chunk_elements, bool) or not isinstance(chunk_elements, int) or chunk_elements <= 0:
+            raise ValueError(f"chunk_elements must be a positive int, got {chunk_elements!r}")
+        self.chunk_elements = chunk_elements
+        self.cache_elements = int(cache_elements)
+        self._cache: dict = {}
+        self._tables: dict = {}
+
+    def __repr__(self) -> str:
+        k = "" if self.kind == "is" else f", patch_size={self.patch_size!r}, padding={self.padding!r}"
+        return f"ScoreMachine(kind={self.kind!r}, K={self.data.shape[0]}{k})"
+
+    @property
+    def shape(self) -> tuple:
+        """The image shape ``(C, H, W)``."""
+        return tuple(self.data.shape[1:])
+
+    def _data_on(self, like: torch.Tensor) -> torch.Tensor:
+        key = (like.dtype, like.device)
+        if key not in self._cache:
+            self._cache = {key: self.data.to(dtype=like.dtype, device=like.device)}
+            self._tables = {}
+        return self._cache[key]
+
+    def _size_for(self, sigma: float, override) -> int:
+        _, H, W = self.shape
+        k = override if override is not None else self.patch_size
+        if callable(k):
+            k = k(sigma)
+        return _check_patch_size(k, H, W)
+
+    def with_labels(self, labels) -> Callable:
+        """A denoiser ``(x, sigma) -> x0_hat`` conditioned on ``labels`` ``(B,)`` (for a sampler)."""
+        return lambda x, sigma: self(x, sigma, labels=labels)
+
+    @torch.no_grad()
+    def __call__(self, x, sigma, labels=None, patch_size=None) -> torch.Tensor:
+        x = _check_x(x, self.shape)
+        s = as_sigma(sigma, x).reshape(-1).expand(x.shape[0])
+        allowed = self._allowed(labels, x)
+        if self.kind == "is":
+            return self._posterior_mean(x, s, allowed, 0)
+        ks = [self._size_for(v, patch_size) for v in s.tolist()]
+        out = torch.empty_like(x)
+        for k in sorted(set(ks)):
+            sel = torch.tensor([i for i, kk in enumerate(ks) if kk == k], device=x.device)
+            if len(sel) == x.shape[0]:
+                return self._posterior_mean(x, s, allowed, k)
+            out[sel] = self._posterior_mean(x[sel], s[sel], None if allowed is None else allowed[sel], k)
+        return out
+
+    def _allowed(self, labels, x) -> torch.Tensor | None:
+        """``(B, K)`` boolean mask of the training images each sample's posterior may use."""
+        if labels is None:
+            return None
+        if self.labels is None:
+            raise ValueError("labels were given but the machine was built without training labels")
+        lab = torch.as_tensor(labels).long().reshape(-1)
+        if lab.numel() == 1:
+            lab = lab.expand(x.shape[0])
+        if lab.shape != (x.shape[0],):
+            raise ValueError(f"labels must have shape ({x.shape[0]},) or be one int, got {tuple(lab.shape)}")
+        missing = set(lab.tolist()) - set(self.labels.tolist())
+        if missing:
+            raise ValueError(f"labels {sorted(missing)} have no training images")
+        return (lab[:, None] == self.labels[None, :]).to(x.device)
+
+    def _candidates(self, data: torch.Tensor, k: int, idx: torch.Tensor, a: int, b: int):
+        """Candidate patches of training images ``a:b`` at the positions ``idx`` (G, n).
+
+        Returns ``ca`` ``(G, P+1, m·n)`` (patch vectors with their squared norm appended) and ``vg``
+        ``(G, m·n, V+1)`` (centre values with a 1 appended, so one product gives Σw·centre and Σw).
+        For small training sets the whole table is built once per patch size and cached.
+        """
+        kind, padding = self.kind, self.padding
+
+        def build(imgs):
+            m, G, n = imgs.shape[0], idx.shape[0], idx.shape[1]
+            cg = _patches(imgs, kind, padding, k)[:, :, idx]                   # (m, P, G, n)
+            cg = cg.permute(2, 1, 0, 3).reshape(G, -1, m * n)
+            ca = torch.cat([cg, (cg**2).sum(1, keepdim=True)], 1)
+            vg = _centres(imgs, kind)[:, :, idx].permute(2, 0, 3, 1).reshape(G, m * n, -1)
+            return ca, torch.cat([vg, torch.ones_like(vg[..., :1])], -1)
+
+        K, n = data.shape[0], idx.shape[1]
+        key = (k, tuple(idx.shape), int(idx[0, 0]), data.dtype, data.device)
+        if key not in self._tables:
+            size = K * idx.numel() * (_patches(data[:1], kind, padding, k).shape[1] + data.shape[1] + 2)
+            self._tables[key] = build(data) if size <= self.cache_elements else None
+        table = self._tables[key]
+        if table is None:
+            return build(data[a:b])
+        ca, vg = table
+        return ca[:, :, a * n:b * n], vg[:, a * n:b * n]
+
+    def _posterior_mean(self, x: torch.Tensor, s: torch.Tensor, allowed, k: int) -> torch.Tensor:
+        data = self._data_on(x)
+        B, C, H, W = x.shape
+        q = _patches(x, self.kind, self.padding, k)                            # (B, P, L)
+        P, L = q.shape[1], q.shape[2]
+        V = C * H * W if self.kind == "is" else C
+        out = torch.empty(B, V, L, dtype=x.dtype, device=x.device)
+        inv2s2 = (0.5 / s**2).reshape(1, B, 1, 1)
+        K = data.shape[0]
+        for idx in position_classes(self.kind, self.padding, H, W, k):
+            idx = idx.to(x.device)
+            G, n = idx.shape
+            qg = q[:, :, idx].permute(2, 0, 3, 1).reshape(G, B, n, P)
+            # logits in one product: [2q/2σ², −1/2σ²]·[y; ‖y‖²] = −(‖y‖² − 2q·y)/2σ²
+            # (the query's own ‖q‖² is a constant of each softmax and is dropped)
+            qa = torch.cat([qg * (2 * inv2s2), (-inv2s2).expand(G, B, n, 1)], -1).reshape(G, B * n, P + 1)
+            m_run = torch.full((G, B * n, 1), -torch.inf, dtype=x.dtype, device=x.device)
+            acc = torch.zeros(G, B * n, V + 1, dtype=x.dtype, device=x.device)   # [Σ w·centre, Σ w]
+            step = max(1, self.chunk_elements // max(1, G * B * n * n))
+            for a in range(0, K, step):
+                m = min(step, K - a)
+                ca, vg = self._candidates(data, k, idx, a, a + m)
+                logit = torch.bmm(qa, ca)                                          # (G, B·n, m·n)
+                if allowed is not None:
+                    ok = allowed[:, a:a + m].reshape(1, B, 1, m, 1).expand(1, B, n, m, n).reshape(1, B * n, m * n)
+                    logit.masked_fill_(~ok, -torch.inf)
+                m_new = torch.maximum(m_run, logit.amax(-1, keepdim=True))
+                safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
+                w = logit.sub_(safe).exp_()
+                acc = torch.baddbmm(acc * torch.exp(m_run - safe), w, vg)          # rescale, then add
+                m_run = m_new
+            est = (acc[..., :V] / acc[..., V:]).reshape(G, B, n, V).permute(1, 3, 0, 2)   # (B, V, G, n)
+            out[:, :, idx] = est
+        return out.reshape(B, C, H, W)
+
+
+def ideal(data, labels=None, **kw) -> ScoreMachine:
+    """The ideal-score (IS) machine: the exact posterior mean over whole training images."""
+    return ScoreMachine(data, "is", None, labels=labels, **kw)
+
+
+def local(data, patch_size=3, padding: str = "zeros", labels=None, **kw) -> ScoreMachine:
+    """The local-score (LS) machine: each pixel's posterior from its k×k patch at the same location."""
+    return ScoreMachine(data, "ls", patch_size, padding, labels=labels, **kw)
+
+
+def equivariant_local(data, patch_size=3, padding: str = "zeros", labels=None, **kw) -> ScoreMachine:
+    """The equivariant local-score (ELS) machine: posterior over k×k patches at all (allowed) positions.
+
+    ``padding="zeros"`` is the boundary-broken ELS of zero-padded networks; ``"circular"`` the exactly
+    translation-equivariant one.
+    """
+    return ScoreMachine(data, "els", patch_size, padding, labels=labels, **kw)
+
+
+def local_weights(x, data, sigma, patch_size: int) -> torch.Tensor:
+    r"""The LS machine's Bayes weights (zero padding): :math:`w_k(i)` for every pixel and training image.
+
+    :math:`w_k(i) = \mathrm{softmax}_k\big(-\|x_{\Omega_i} - x^{(k)}_{0,\Omega_i}\|^2 / 2\sigma^2\big)`
+    where :math:`\Omega_i` is the zero-padded k×k patch around pixel i (Kamb & Ganguli 2025, eq. 2).
+
+    Args:
+        x: ``(B, C, H, W)``; data: ``(K, C, H, W)``; sigma: float or ``(B,)``; patch_size: odd int.
+
+    Returns:
+        ``(B, K, H, W)``, summing to 1 over K. (Not streamed: for small cases and teaching.)
+    """
+    data = _check_data(data)
+    x = _check_x(x, data.shape[1:])
+    k = _check_patch_size(patch_size, *data.shape[2:])
+    s = as_sigma(sigma, x).reshape(-1, 1, 1, 1)
+    sq = ((x[:, None] - data[None].to(x)) ** 2).sum(2)                      # (B, K, H, W)
+    summed = F.avg_pool2d(sq, k, stride=1, padding=k // 2, count_include_pad=True) * k * k
+    return torch.softmax(-summed / (2 * s**2), dim=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# locality schedule and calibration
+
+
+class LocalitySchedule:
+    """A patch size per noise level: ``schedule(sigma) -> k``, the size of the nearest listed σ (in log σ).
+
+    Args:
+        sigmas: 1-D sequence of positive noise levels.
+        sizes: the odd patch sizes used at those noise levels (same length).
+    """
+
+    def __init__(self, sigmas: Sequence[float], sizes: Sequence[int]):
+        sig = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
+        sz = [int(v) for v in torch.as_tensor(sizes).reshape(-1).tolist()]
+        if len(sig) == 0 or len(sig) != len(sz):
+            raise ValueError(f"sigmas and sizes must be non-empty and of equal length, got {len(sig)} and {len(sz)}")
+        if (sig <= 0).any():
+            raise ValueError("sigmas must be > 0")
+        if any(v <= 0 or v % 2 == 0 for v in sz):
+            raise ValueError(f"sizes must be odd positive ints, got {sz}")
+        self.sigmas, self.sizes = sig, sz
+
+    def __call__(self, sigma: float) -> int:
+        i = int(torch.argmin((self.sigmas.log() - torch.log(torch.tensor(float(sigma), dtype=torch.float64))).abs()))
+        return self.sizes[i]
+
+    def __repr__(self) -> str:
+        pairs = ", ".join(f"{s:.3g}:{k}" for s, k in zip(self.sigmas.tolist(), self.sizes))
+        return f"LocalitySchedule({pairs})"
+
+
+@dataclass
+class Calibration:
+    """Result of :func:`calibrate`.
+
+    Attributes:
+        schedule: the calibrated :class:`LocalitySchedule` (median over samples of the best size).
+        sigmas: ``(S,)`` the noise levels of the calibrated steps.
+        patch_sizes: the candidate sizes, length ``n_k``.
+        cosine: ``(S, n_k, B)`` cosine similarity of machine and network scores per step, size, sample.
+        best: ``(S, B)`` the best size per step and sample.
+    """
+
+    schedule: LocalitySchedule
+    sigmas: torch.Tensor
+    patch_sizes: list
+    cosine: torch.Tensor
+    best: torch.Tensor
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
+
+
+@torch.no_grad()
+def calibrate(net: Callable, machine: ScoreMachine, sigmas, x, patch_sizes: Sequence[int],
+              progress: bool = False) -> Calibration:
+    r"""Calibrate a machine's locality scale against a trained network, as in Kamb & Ganguli (2025).
+
+    Runs the network's own deterministic DDIM trajectory (:func:`companion.samplers.sample` with
+    γ = 1, μ = 0) from ``x``; at every step with σ > 0 it evaluates the machine at each candidate patch
+    size on the network's current iterate and computes, per sample, the cosine similarity between the
+    machine's score :math:`(D_k(x)-x)/\sigma^2` and the network's :math:`(D_\theta(x)-x)/\sigma^2`. The
+    best size of a step is the median over samples of each sample's best size.
+
+    Args:
+        net: the network's denoiser ``net(x, sigma) -> x0_hat``.
+        machine: a :class:`ScoreMachine` (its ``patch_size`` is overridden by the candidates).
+        sigmas: the sampler's descending schedule ``(N+1,)`` (the last may be 0).
+        x: initial noise ``(B, C, H, W)`` (already multiplied by ``sigmas[0]``).
+        patch_sizes: odd candidate sizes.
+        progress: show a progress bar.
+
+    Returns:
+        a :class:`Calibration`.
+    """
+    from . import samplers
+    from tqdm.auto import tqdm
+
+    sizes = [_check_patch_size(k, *machine.shape[1:]) for k in patch_sizes]
+    if not sizes:
+        raise ValueError("patch_sizes must not be empty")
+    x = _check_x(x, machine.shape)
+    sig = samplers.check_sigmas(sigmas)
+    _, path = samplers.sample(net, sig, x, gamma=1.0, mu=0.0, return_path=True)
+    steps = [i for i in range(len(sig) - 1) if sig[i] > 0]
+    cos = torch.zeros(len(steps), len(sizes), x.shape[0], dtype=x.dtype)
+    for j, i in enumerate(tqdm(steps, disable=not progress, desc="calibrating")):
+        xi, s = path[i], float(sig[i])
+        d_net = net(xi, s)
+        for a, k in enumerate(sizes):
+            cos[j, a] = _cosine(d_net - xi, machine(xi, s, patch_size=k) - xi).cpu()
+    best = torch.tensor(sizes)[cos.argmax(1)]                                 # (S, B)
+    median = best.median(dim=1).values
+    median = torch.where(median % 2 == 0, median + 1, median)                 # keep it odd
+    schedule = LocalitySchedule(sig[steps].cpu(), median.tolist())
+    return Calibration(schedule, sig[steps].cpu(), sizes, cos, best)
+
+
+# --------------------------------------------------------------------------------------------------
+# metrics and data
+
+
+def pearson_r(a, b) -> torch.Tensor:
+    """Per-image Pearson correlation of two batches ``(B, ...)`` → ``(B,)``.
+
+    Each image is flattened, its mean removed and normalized to unit length; r is the dot product.
+    This is the quantity of Kamb & Ganguli's Table 1 (which labels it r²).
+    """
+    a, b = as_tensor(a, "a"), as_tensor(b, "b")
+    if a.shape != b.shape or a.dim() < 2:
+        raise ValueError(f"a and b must be batches of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a = a.reshape(a.shape[0], -1)
+    b = b.reshape(b.shape[0], -1).to(a)
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
+
+
+_TORCHVISION_SETS = {"mnist": "MNIST", "fashionmnist": "FashionMNIST", "cifar10": "CIFAR10"}
+
+
+def load_images(name: str, n: int | None = None, root=None, download: bool = True):
+    """A full-profile training set at 32×32 in [-1, 1] through torchvision (downloads on first use).
+
+    Args:
+        name: ``"mnist"``, ``"fashionmnist"`` or ``"cifar10"`` (28×28 sets are zero-padded, i.e. with
+            the background value −1, to 32×32).
+        n: keep the first ``n`` training images (all if None).
+        root: download folder (default: ``runtime.cache_dir() / "torchvision"``).
+
+    Returns:
+        ``(images, labels)``: ``(N, C, 32, 32)`` float32 and ``(N,)`` int64.
+
+    Raises ``ValueError`` for an unknown name and ``ImportError`` naming the offline alternative
+    (``companion.data.digits()``) when torchvision is not installed.
+    """
+    key = str(name).lower().replace("-", "").replace("_", "")
+    if key not in _TORCHVISION_SETS:
+        raise ValueError(f"name must be one of {tuple(_TORCHVISION_SETS)}, got {name!r}")
+    try:
+        import torchvision
+    except ImportError as exc:
+        raise ImportError(
+            f"load_images({name!r}) needs torchvision (pip install torchvision) and a network connection "
+            "for the first download; offline, use the embedded digits: companion.data.digits()"
+        ) from exc
+    from . import runtime
+
+    root = root or (runtime.cache_dir() / "torchvision")
+    ds = getattr(torchvision.datasets, _TORCHVISION_SETS[key])(root=str(root), train=True, download=download)
+    images = torch.as_tensor(ds.data)
+    labels = torch.as_tensor(ds.targets).long()
+    if images.dim() == 3:
+        images = images[:, None]
+    else:
+        images = images.permute(0, 3, 1, 2)
+    images = images.float() / 127.5 - 1.0
+    if images.shape[-1] == 28:
+        images = F.pad(images, (2, 2, 2, 2), value=-1.0)
+    if n is not None:
+        images, labels = images[:n], labels[:n]
+    return images.contiguous(), labels

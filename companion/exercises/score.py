@@ -1,0 +1,53 @@
+"""Checkers for Chapter 3 (score estimation): the ideal denoiser and one step of the (γ, μ) sampler."""
+from __future__ import annotations
+
+import torch
+
+from ..denoisers import IdealDenoiser
+from ..samplers import step
+from .core import Verdict, compare
+
+__all__ = ["check_ideal_denoiser", "check_sampler_step"]
+
+
+def _ideal_reference(x, sigma, data):
+    return IdealDenoiser(data)(x, sigma)
+
+
+def check_ideal_denoiser(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) -> Verdict:
+    """Check ``fn(x, sigma, data) -> x0_hat``, the ideal denoiser of a finite data set.
+
+    ``data`` is ``(M, D)``, ``x`` is ``(B, D)`` and ``sigma`` a positive float; all tensors are
+    float64. The answer must be the posterior mean ``Σ_i softmax_i(−‖x − x_i‖²/2σ²) x_i``
+    (:class:`companion.denoisers.IdealDenoiser`). The last cases use small σ (down to 1e-4), where a naive
+    ``exp`` underflows to 0/0: use log-sum-exp (``torch.softmax`` does it for you).
+    """
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    n_cases = max(n_cases, 3)
+    sigmas = [[2.0, 0.7, 0.3, 5.0][i % 4] for i in range(n_cases - 2)] + [0.02, 1e-4]  # small σ last
+    for i, sigma in enumerate(sigmas):
+        M, B, D = 3 + 5 * i, 4 + i, 1 + i % 3
+        data = torch.randn(M, D, generator=g, dtype=torch.float64)
+        x = data[torch.randint(0, M, (B,), generator=g)] + torch.randn(B, D, generator=g, dtype=torch.float64)
+        cases.append(((x, sigma, data), {}))
+    return compare(fn, _ideal_reference, cases, rtol=1e-6, atol=1e-9, name="ideal denoiser", quiet=quiet)
+
+
+def check_sampler_step(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) -> Verdict:
+    """Check ``fn(x, eps, sigma, sigma_next, mu, z) -> x_next``, one update of Permenter & Yuan's sampler.
+
+    ``x_next = x + (σ_p − σ) eps + η z`` with ``σ_p = (σ_next/σ^μ)^{1/(1−μ)}`` and
+    ``η = sqrt(σ_next² − σ_p²)`` (:func:`companion.samplers.step`); μ = 0 is DDIM, μ = ½ is DDPM.
+    ``x, eps, z`` are float64 ``(B, D)`` tensors, the rest floats.
+    """
+    g = torch.Generator().manual_seed(seed)
+    mus = [0.0, 0.5, 0.25, 0.9]
+    cases = []
+    for i in range(n_cases):
+        B, D = 3 + i, 2
+        x, eps, z = (torch.randn(B, D, generator=g, dtype=torch.float64) for _ in range(3))
+        sigma = float(0.1 + 10 * torch.rand((), generator=g, dtype=torch.float64))
+        sigma_next = sigma * float(0.1 + 0.8 * torch.rand((), generator=g, dtype=torch.float64))
+        cases.append(((x, eps, sigma, sigma_next, mus[i % len(mus)], z), {}))
+    return compare(fn, step, cases, rtol=1e-7, atol=1e-10, name="sampler step", quiet=quiet)

@@ -1,0 +1,509 @@
+r"""Denoising score matching and the checkpoint zoo.
+
+**Training.** :func:`train` fits a :class:`companion.nets.Denoiser` by denoising score matching
+(Vincent 2011; Karras et al. 2022): draw a data point x0, a noise level σ and ε ~ N(0, I), and
+regress the network's prediction of its ``target`` at ``x = x0 + σ ε`` onto the true target. The
+loss is the MSE *in the target's own space*, which equals the x0 error weighted by
+:func:`companion.denoisers.loss_weight`:
+
+.. math::  L = \mathbb E_{x_0, \sigma, \varepsilon}\, \lambda(\sigma)\,
+           \tfrac{1}{d}\|D(x_0 + \sigma\varepsilon, \sigma) - x_0\|^2
+
+(x0: λ = 1; eps: 1/σ²; v: (σ² + σ_data²)/(σ σ_data)², EDM's weighting; score: 1/σ⁴). σ is drawn
+log-normally, ``log σ ~ N(P_mean, P_std²)`` with EDM's P_mean = −1.2, P_std = 1.2, or
+log-uniformly on ``[sigma_min, sigma_max]``. Optional class labels are replaced by the null label
+with probability ``label_dropout`` (classifier-free guidance, Ho & Salimans 2022). An exponential
+moving average (EMA) of the weights is kept and is what the zoo ships.
+
+**Zoo.** Training that takes more than a minute on a CPU is replaced by a small checkpoint in
+``companion/checkpoints/`` made by a recipe in :data:`RECIPES` (defaults in :data:`CONFIGS`)::
+
+    python -m companion.training digits_unet [--steps N] [--out PATH]
+
+:func:`save` writes a plain dict (recipe, config, package version, architecture, float32 EMA
+state, metrics) to a temporary file and renames it (atomic); :func:`load` rebuilds the
+architecture and reads the file with ``torch.load(..., weights_only=True)``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import trange
+
+from . import nets
+from ._checks import as_tensor, check_positive_int
+from .denoisers import loss_weight
+
+__all__ = [
+    "TrainResult", "dsm_loss", "train", "train_classifier", "accuracy", "sample_sigma", "SIGMA_SAMPLERS",
+    "digits_split",
+    "RECIPES", "CONFIGS", "CHECKPOINT_DIR", "save", "load", "main",
+]
+
+SIGMA_SAMPLERS = ("lognormal", "loguniform")
+
+#: where the shipped checkpoints live
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train` returns: the trained ``model``, its EMA copy ``ema_model`` (eval mode)
+    and the per-step training ``losses`` (a list of floats)."""
+
+    model: torch.nn.Module
+    ema_model: torch.nn.Module
+    losses: list
+
+
+def sample_sigma(n: int, sampler: str = "lognormal", generator=None, P_mean: float = -1.2,
+                 P_std: float = 1.2, sigma_min: float = 0.002, sigma_max: float = 80.0) -> torch.Tensor:
+    """``n`` noise levels ``(n,)`` for training.
+
+    ``"lognormal"``: ``log σ ~ N(P_mean, P_std²)`` (Karras et al. 2022, defaults −1.2, 1.2);
+    ``"loguniform"``: ``log σ`` uniform on ``[log sigma_min, log sigma_max]``.
+    """
+    n = check_positive_int(n, "n")
+    _check_sampler(sampler, P_std, sigma_min, sigma_max)
+    if sampler == "lognormal":
+        return torch.exp(P_mean + P_std * torch.randn(n, generator=generator))
+    lo, hi = math.log(sigma_min), math.log(sigma_max)
+    return torch.exp(lo + (hi - lo) * torch.rand(n, generator=generator))
+
+
+def _check_sampler(sampler, P_std, sigma_min, sigma_max):
+    if sampler not in SIGMA_SAMPLERS:
+        raise ValueError(f"sigma_sampler must be one of {SIGMA_SAMPLERS}, got {sampler!r}")
+    if sampler == "lognormal" and not P_std > 0:
+        raise ValueError(f"P_std must be > 0, got {P_std!r}")
+    if sampler == "loguniform" and not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min!r}, {sigma_max!r}")
+
+
+def _check_data(data, labels, name="data"):
+    data = as_tensor(data, name)
+    if data.dim() < 2 or data.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (N, ...) with N >= 1, got {tuple(data.shape)}")
+    if not torch.isfinite(data).all():
+        raise ValueError(f"{name} must be finite")
+    if labels is not None:
+        labels = torch.as_tensor(labels)
+        if labels.shape != (data.shape[0],) or labels.is_floating_point():
+            raise ValueError(f"labels must be an integer tensor of shape (N,) = ({data.shape[0]},), got "
+                             f"{labels.dtype} of shape {tuple(labels.shape)}")
+    return data, labels
+
+
+def _check_rate(value, name, high_open=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value and (
+        value < 1 if high_open else value <= 1)
+    if not ok:
+        raise ValueError(f"{name} must be a number in [0, 1{')' if high_open else ']'}, got {value!r}")
+    return float(value)
+
+
+def _device_of(model):
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def _ema_update(ema_model, model, decay):
+    torch._foreach_lerp_(list(ema_model.parameters()), list(model.parameters()), 1 - decay)
+    for be, b in zip(ema_model.buffers(), model.buffers()):
+        be.copy_(b)
+
+
+def _loop(model, steps, batch_loss, lr, ema, progress, desc):
+    """Shared optimisation loop: Adam at a constant ``lr``, EMA with warm-up, tqdm."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+    ema_model = copy.deepcopy(model).eval().requires_grad_(False)
+    model.train()
+    losses = []
+    bar = trange(steps, desc=desc, disable=not progress, leave=False)
+    for step in bar:
+        loss = batch_loss()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        # EMA warm-up (decay grows like (1+t)/(10+t)): short runs are not dominated by the init
+        _ema_update(ema_model, model, min(ema, (1 + step) / (10 + step)))
+        losses.append(loss.item())
+        if step % 50 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    model.eval()
+    return TrainResult(model, ema_model, losses)
+
+
+def dsm_loss(model, x0, sigma, eps, labels=None) -> torch.Tensor:
+    """The denoising score-matching loss of one batch (a 0-d tensor).
+
+    ``mean_b λ(σ_b) · mean_pixels (D(x0_b + σ_b ε_b, σ_b, labels) − x0_b)²`` with
+    λ = :func:`companion.denoisers.loss_weight` of the model's target: the per-pixel MSE of the raw
+    network's prediction of its target.
+
+    Args:
+        model: a :class:`~companion.nets.Denoiser`.
+        x0: clean data ``(B, *shape)``; sigma: ``(B,)`` noise levels; eps: noise like ``x0``;
+        labels: ``(B,)`` ints or None (the null label).
+    """
+    view = (-1,) + (1,) * (x0.dim() - 1)
+    x0_hat = model(x0 + sigma.reshape(view) * eps, sigma, labels)
+    err = ((x0_hat - x0) ** 2).flatten(1).mean(1)
+    return (loss_weight(model.target, sigma, model.sigma_data) * err).mean()
+
+
+def train(model, data, steps: int, batch_size: int = 128, lr: float = 1e-3, labels=None,
+          label_dropout: float = 0.1, ema: float = 0.999, sigma_sampler: str = "lognormal",
+          P_mean: float = -1.2, P_std: float = 1.2, sigma_min: float = 0.002, sigma_max: float = 80.0,
+          generator: torch.Generator | None = None, progress: bool = True) -> TrainResult:
+    """Denoising score matching for a :class:`companion.nets.Denoiser` (trains ``model`` in place).
+
+    Each step draws ``batch_size`` points of ``data`` with replacement, σ from ``sigma_sampler``
+    (see :func:`sample_sigma`) and ε ~ N(0, I), and minimises the mean over the batch of
+    ``loss_weight(target, σ, σ_data) · mean((D(x0 + σε, σ, labels) − x0)²)``, i.e. the per-pixel
+    MSE of the raw network's prediction of its ``target`` (module docstring). Adam with a
+    constant learning rate; the EMA ``θ_ema ← d θ_ema + (1 − d) θ`` uses
+    ``d = min(ema, (1 + t)/(10 + t))`` at step t.
+
+    Args:
+        model: a :class:`~companion.nets.Denoiser`.
+        data: ``(N, *shape)`` training data (on any device; moved to the model's).
+        steps: number of optimisation steps.
+        batch_size, lr: batch size and Adam learning rate.
+        labels: optional ``(N,)`` ints in ``0..n_classes-1`` for a class-conditional model.
+        label_dropout: probability that a label is replaced by the null label ``n_classes``.
+        ema: EMA decay in [0, 1).
+        sigma_sampler: ``"lognormal"`` (``P_mean``, ``P_std``) or ``"loguniform"``
+            (``sigma_min``, ``sigma_max``).
+        generator: a CPU ``torch.Generator`` for the batches, σ's, noise and label dropout; with it
+            (and a fixed initialisation) the run is deterministic on the CPU.
+        progress: show a tqdm bar.
+
+    Returns:
+        :class:`TrainResult` ``(model, ema_model, losses)``.
+    """
+    if not isinstance(model, nets.Denoiser):
+        raise TypeError(f"model must be a companion.nets.Denoiser, got {type(model).__name__}")
+    data, labels = _check_data(data, labels)
+    steps = check_positive_int(steps, "steps")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    label_dropout = _check_rate(label_dropout, "label_dropout")
+    ema = _check_rate(ema, "ema", high_open=True)
+    _check_sampler(sigma_sampler, P_std, sigma_min, sigma_max)
+    if labels is not None and model.n_classes is None:
+        raise ValueError("labels were given but the model is unconditional (n_classes=None)")
+    if labels is not None and ((labels < 0).any() or (labels >= model.n_classes).any()):
+        raise ValueError(f"labels must lie in 0..{model.n_classes - 1}")
+    device = _device_of(model)
+    data = data.to(device=device, dtype=torch.float32)
+    labels = labels.to(device) if labels is not None else None
+    n = data.shape[0]
+
+    def batch_loss():
+        idx = torch.randint(n, (batch_size,), generator=generator).to(device)
+        x0 = data[idx]
+        sigma = sample_sigma(batch_size, sigma_sampler, generator, P_mean, P_std, sigma_min, sigma_max)
+        eps = torch.randn(x0.shape, generator=generator).to(device)
+        sigma = sigma.to(device)
+        y = None
+        if labels is not None:
+            drop = (torch.rand(batch_size, generator=generator) < label_dropout).to(device)
+            y = torch.where(drop, torch.full_like(labels[idx], model.n_classes), labels[idx])
+        return dsm_loss(model, x0, sigma, eps, y)
+
+    return _loop(model, steps, batch_loss, lr, ema, progress, "training")
+
+
+def _shift(images, shift, generator):
+    """Random translations by up to ``shift`` pixels (padding with the background value −1)."""
+    if shift == 0:
+        return images
+    B, C, H, W = images.shape
+    padded = F.pad(images, (shift,) * 4, value=-1.0)
+    dy, dx = (torch.randint(0, 2 * shift + 1, (2, B), generator=generator)).to(images.device)
+    rows = dy[:, None] + torch.arange(H, device=images.device)
+    cols = dx[:, None] + torch.arange(W, device=images.device)
+    out = padded[torch.arange(B, device=images.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2)
+
+
+def train_classifier(model, images, labels, steps: int, batch_size: int = 128, lr: float = 2e-3,
+                     shift: int = 1, ema: float = 0.99, generator=None, progress: bool = True) -> TrainResult:
+    """Cross-entropy training of an image classifier (e.g. :class:`~companion.nets.DigitsClassifier`).
+
+    Batches are drawn with replacement and translated at random by up to ``shift`` pixels
+    (padding with −1, the digits' background). Adam, constant ``lr``, EMA as in :func:`train`.
+
+    Args:
+        model: maps ``(B, C, H, W)`` to logits ``(B, K)``.
+        images: ``(N, C, H, W)``; labels: ``(N,)`` ints.
+    """
+    images, labels = _check_data(images, labels, "images")
+    if labels is None:
+        raise ValueError("labels are required to train a classifier")
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+    steps = check_positive_int(steps, "steps")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    ema = _check_rate(ema, "ema", high_open=True)
+    if not isinstance(shift, int) or shift < 0:
+        raise ValueError(f"shift must be a non-negative int, got {shift!r}")
+    device = _device_of(model)
+    images, labels = images.to(device), labels.to(device)
+
+    def batch_loss():
+        idx = torch.randint(images.shape[0], (batch_size,), generator=generator).to(device)
+        return F.cross_entropy(model(_shift(images[idx], shift, generator)), labels[idx])
+
+    return _loop(model, steps, batch_loss, lr, ema, progress, "classifier")
+
+
+@torch.no_grad()
+def accuracy(model, images, labels, batch_size: int = 1024) -> float:
+    """Fraction of ``images`` ``(N, C, H, W)`` whose argmax logit equals ``labels`` ``(N,)``."""
+    images, labels = _check_data(images, labels, "images")
+    device = _device_of(model)
+    correct = 0
+    for i in range(0, images.shape[0], batch_size):
+        logits = model(images[i:i + batch_size].to(device))
+        correct += (logits.argmax(1).cpu() == labels[i:i + batch_size]).sum().item()
+    return correct / images.shape[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# The zoo: recipes, save and load
+# ----------------------------------------------------------------------------------------------
+
+#: default configuration of each recipe (a recipe's ``config`` argument overrides these keys); the
+#: shipped checkpoints were made with these defaults: U-Nets of about 146k parameters (8×8 → 4×4 → 2×2),
+#: a ResNet of 96k parameters with a 7×7 receptive field, a classifier of 45k parameters
+CONFIGS = {
+    "digits_unet": dict(seed=0, steps=4000, batch_size=128, lr=2e-3, ema=0.999, target="v", sigma_data=0.5,
+                        base=16, mults=[1, 2, 2], blocks=1),
+    "digits_unet_cond": dict(seed=0, steps=4000, batch_size=128, lr=2e-3, ema=0.999, target="v", sigma_data=0.5,
+                             base=16, mults=[1, 2, 2], blocks=1, label_dropout=0.15),
+    "digits_resnet": dict(seed=0, steps=4000, batch_size=128, lr=2e-3, ema=0.999, target="v", sigma_data=0.5,
+                          width=48, depth=3, kernel=3),
+    "ring_mlp": dict(seed=0, steps=6000, batch_size=512, lr=2e-3, ema=0.999, target="v", sigma_data=3.0,
+                     hidden=128, depth=4, P_mean=-0.5, P_std=1.5, n_data=50000),
+    "digits_classifier": dict(seed=0, steps=2000, batch_size=128, lr=2e-3, ema=0.99, width=32, features=64,
+                              shift=1, n_train=1500),
+}
+
+
+def _config(name, config):
+    cfg = dict(CONFIGS[name])
+    unknown = set(config or {}) - set(cfg)
+    if unknown:
+        raise ValueError(f"unknown config keys for recipe {name!r}: {sorted(unknown)}; known: {sorted(cfg)}")
+    cfg.update(config or {})
+    return cfg
+
+
+def _built(seed, make):
+    """``make()`` under a private RNG state seeded with ``seed`` (the global RNG is untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
+def _digits_denoiser(name, config, net_factory, conditional, progress=True):
+    from . import data as _data, runtime
+
+    cfg = _config(name, config)
+    images, labels = _data.digits()
+    n_classes = 10 if conditional else None
+    model = _built(cfg["seed"], lambda: nets.Denoiser(net_factory(cfg, n_classes), target=cfg["target"],
+                                                      sigma_data=cfg["sigma_data"], n_classes=n_classes))
+    model.to(runtime.device())
+    result = train(model, images, cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+                   labels=labels if conditional else None, label_dropout=cfg.get("label_dropout", 0.0),
+                   ema=cfg["ema"], generator=torch.Generator().manual_seed(cfg["seed"]), progress=progress)
+    out = result.ema_model
+    out.metrics = {"final_loss": sum(result.losses[-200:]) / len(result.losses[-200:]),
+                   "n_train": images.shape[0]}
+    out.config = cfg
+    return out
+
+
+def _unet(cfg, n_classes):
+    return nets.UNet(channels=1, base=cfg["base"], mults=cfg["mults"], blocks=cfg["blocks"], n_classes=n_classes)
+
+
+def _resnet(cfg, n_classes):
+    return nets.ResNet(channels=1, width=cfg["width"], depth=cfg["depth"], kernel=cfg["kernel"], n_classes=n_classes)
+
+
+def digits_unet(config=None, progress=True):
+    """Unconditional U-Net denoiser on all 1,797 digits (v-target, σ_data = 0.5, log-normal σ)."""
+    return _digits_denoiser("digits_unet", config, _unet, False, progress)
+
+
+def digits_unet_cond(config=None, progress=True):
+    """Class-conditional U-Net (11 labels, 10 = null) with label dropout, for classifier-free guidance."""
+    return _digits_denoiser("digits_unet_cond", config, _unet, True, progress)
+
+
+def digits_resnet(config=None, progress=True):
+    """Unconditional local ResNet without normalization (receptive field 7×7 by default)."""
+    return _digits_denoiser("digits_resnet", config, _resnet, False, progress)
+
+
+def ring_mlp(config=None, progress=True):
+    """Residual MLP denoiser for the 2-D ring mixture ``cp.gmm.ring()`` (v-target, σ_data = 3,
+    log-normal σ with ``P_mean = -0.5``, ``P_std = 1.5``), trained on ``n_data`` fresh samples.
+
+    Chapter 3 compares its score with the exact mixture score; a short in-notebook run of the same
+    network stays on a plateau at low noise, hence the longer, shipped run.
+    """
+    from . import gmm, runtime
+
+    cfg = _config("ring_mlp", config)
+    data = gmm.ring().sample(cfg["n_data"], generator=torch.Generator().manual_seed(cfg["seed"])).float()
+    model = _built(cfg["seed"], lambda: nets.Denoiser(nets.MLP(dim=2, hidden=cfg["hidden"], depth=cfg["depth"]),
+                                                      target=cfg["target"], sigma_data=cfg["sigma_data"]))
+    model.to(runtime.device())
+    result = train(model, data, cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], ema=cfg["ema"],
+                   P_mean=cfg["P_mean"], P_std=cfg["P_std"], generator=torch.Generator().manual_seed(cfg["seed"] + 1),
+                   progress=progress)
+    out = result.ema_model
+    out.metrics = {"final_loss": sum(result.losses[-200:]) / len(result.losses[-200:]), "n_train": cfg["n_data"]}
+    out.config = cfg
+    return out
+
+
+def digits_split(n_train: int = 1500):
+    """The classifier's fixed split of the 1,797 digits: index tensors ``(train, held_out)``.
+
+    The first ``n_train`` entries of ``torch.randperm(1797, generator=torch.Generator().manual_seed(0))``
+    train; the rest (297 by default) are held out.
+    """
+    perm = torch.randperm(1797, generator=torch.Generator().manual_seed(0))
+    return perm[:n_train], perm[n_train:]
+
+
+def digits_classifier(config=None, progress=True):
+    """CNN classifier of clean digits, trained on the first ``n_train`` points of :func:`digits_split`'s
+    permutation; the held-out accuracy on the rest is recorded in ``metrics``."""
+    from . import data as _data, runtime
+
+    cfg = _config("digits_classifier", config)
+    images, labels = _data.digits()
+    train_idx, test_idx = digits_split(cfg["n_train"])
+    model = _built(cfg["seed"], lambda: nets.DigitsClassifier(width=cfg["width"], features=cfg["features"]))
+    model.to(runtime.device())
+    result = train_classifier(model, images[train_idx], labels[train_idx], cfg["steps"],
+                              batch_size=cfg["batch_size"], lr=cfg["lr"], shift=cfg["shift"], ema=cfg["ema"],
+                              generator=torch.Generator().manual_seed(cfg["seed"]), progress=progress)
+    out = result.ema_model
+    out.metrics = {"final_loss": sum(result.losses[-200:]) / len(result.losses[-200:]),
+                   "train_accuracy": accuracy(out, images[train_idx], labels[train_idx]),
+                   "heldout_accuracy": accuracy(out, images[test_idx], labels[test_idx]) if len(test_idx) else None,
+                   "n_train": len(train_idx), "n_heldout": len(test_idx)}
+    out.config = cfg
+    return out
+
+
+#: the zoo's recipes: ``RECIPES[name](config=None, progress=True)`` -> the trained EMA model, with
+#: ``.config`` (the full config used) and ``.metrics`` (final loss, accuracies) attached
+RECIPES = {f.__name__: f for f in (digits_unet, digits_unet_cond, digits_resnet, digits_classifier, ring_mlp)}
+
+
+def save(model, path, recipe: str, config: dict, metrics: dict | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically (a temporary file in the same directory, then ``os.replace``).
+
+    The file is a plain dict loadable with ``torch.load(path, weights_only=True)``: ``recipe``,
+    ``config``, ``version`` (``companion.__version__``), ``architecture`` (:func:`companion.nets.spec`),
+    ``state_dict`` (float32, on the CPU) and ``metrics`` (``metrics`` or ``model.metrics``, e.g.
+    ``final_loss``: the mean training loss over the last 200 steps).
+    """
+    from . import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "recipe": recipe,
+        "config": nets._plain(dict(config)),
+        "version": __version__,
+        "architecture": nets.spec(model),
+        "state_dict": {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()},
+        "metrics": nets._plain(dict(metrics if metrics is not None else getattr(model, "metrics", {}))),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _resolve(name_or_path):
+    name = str(name_or_path)
+    if name in RECIPES:
+        return CHECKPOINT_DIR / f"{name}.pt", name
+    path = Path(name)
+    if path.suffix != ".pt" and not path.exists():
+        raise ValueError(f"name_or_path must be one of {sorted(RECIPES)} or a path to a .pt file, got {name!r}")
+    return path, None
+
+
+def load(name_or_path, device=None):
+    """A trained model from the zoo (``"digits_unet"``, ...) or from a file written by :func:`save`.
+
+    The file is read with ``torch.load(..., weights_only=True)``, the architecture is rebuilt from its
+    stored spec, and the model is returned in eval mode with gradients off, on ``device`` (default
+    :func:`companion.runtime.device`). ``model.checkpoint`` holds the file's recipe, config, version
+    and metrics. A missing zoo file raises ``FileNotFoundError`` naming the command that makes it.
+    """
+    from . import runtime
+
+    path, name = _resolve(name_or_path)
+    if not path.exists():
+        recipe = name or "<recipe>"
+        raise FileNotFoundError(f"no checkpoint at {path}; make it with `python -m companion.training {recipe}`"
+                                + ("" if name else f" --out {path}"))
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    model = nets.build(payload["architecture"])
+    model.load_state_dict(payload["state_dict"])
+    model.to(device if device is not None else runtime.device()).eval().requires_grad_(False)
+    model.checkpoint = {k: payload[k] for k in ("recipe", "config", "version", "metrics")}
+    return model
+
+
+def main(argv=None):
+    """Command line: ``python -m companion.training RECIPE [--steps N] [--out PATH] [--quiet]``."""
+    parser = argparse.ArgumentParser(prog="python -m companion.training",
+                                     description="Train a checkpoint of the companion's zoo.")
+    parser.add_argument("recipe", choices=sorted(RECIPES))
+    parser.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
+    parser.add_argument("--out", default=None, help="output file (default companion/checkpoints/RECIPE.pt)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    config = {} if args.steps is None else {"steps": args.steps}
+    start = time.time()
+    model = RECIPES[args.recipe](config, progress=not args.quiet)
+    out = save(model, args.out or CHECKPOINT_DIR / f"{args.recipe}.pt", args.recipe, model.config)
+    print(f"{args.recipe}: {time.time() - start:.0f} s, metrics {model.metrics}, "
+          f"{out.stat().st_size / 1e6:.2f} MB -> {out}")
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

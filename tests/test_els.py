@@ -1,0 +1,278 @@
+"""Tests of companion.els: the IS, LS and ELS machines against brute-force Bayes weights."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from companion import els
+
+
+# ---------------------------------------------------------------------------------------------
+# brute force: enumerate every candidate patch explicitly, pixel by pixel, in float64
+
+
+def _patch(img, i, j, k, padding):
+    """The k×k patch of ``img`` (C, H, W) centred at (i, j) and the mask of its real pixels."""
+    C, H, W = img.shape
+    d = k // 2
+    vals = torch.zeros(C, k, k, dtype=img.dtype)
+    mask = torch.zeros(k, k, dtype=torch.bool)
+    for a in range(k):
+        for b in range(k):
+            r, c = i + a - d, j + b - d
+            if padding == "circular":
+                vals[:, a, b] = img[:, r % H, c % W]
+                mask[a, b] = True
+            elif 0 <= r < H and 0 <= c < W:
+                vals[:, a, b] = img[:, r, c]
+                mask[a, b] = True
+    return vals, mask
+
+
+def brute_force(x, data, sigma, kind, k=None, padding="zeros"):
+    """Posterior means by explicit enumeration of the candidates and their Bayes weights."""
+    B, C, H, W = x.shape
+    sig = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(B)
+    out = torch.zeros_like(x)
+    for b in range(B):
+        if kind == "is":
+            logw = torch.stack([-((x[b] - y) ** 2).sum() / (2 * sig[b] ** 2) for y in data])
+            w = torch.softmax(logw, 0)
+            out[b] = (w[:, None, None, None] * data).sum(0)
+            continue
+        for i, j in itertools.product(range(H), range(W)):
+            q, qmask = _patch(x[b], i, j, k, padding)
+            logw, centres = [], []
+            for y in data:
+                for p, r in itertools.product(range(H), range(W)):
+                    if kind == "ls" and (p, r) != (i, j):
+                        continue
+                    cand, cmask = _patch(y, p, r, k, padding)
+                    if kind == "els" and not torch.equal(cmask, qmask):
+                        continue  # zero padding: only patches with the same padding pattern
+                    logw.append(-((q - cand) ** 2).sum() / (2 * sig[b] ** 2))
+                    centres.append(y[:, p, r])
+            w = torch.softmax(torch.stack(logw), 0)
+            out[b, :, i, j] = (w[:, None] * torch.stack(centres)).sum(0)
+    return out
+
+
+@pytest.fixture
+def tiny():
+    g = torch.Generator().manual_seed(0)
+    data = torch.rand(3, 2, 5, 6, generator=g, dtype=torch.float64) * 2 - 1
+    x = data[:2] + 0.7 * torch.randn(2, 2, 5, 6, generator=g, dtype=torch.float64)
+    return data, x
+
+
+@pytest.mark.parametrize(
+    "kind,k,padding",
+    [("is", None, "zeros"), ("ls", 3, "zeros"), ("ls", 3, "circular"), ("els", 3, "zeros"),
+     ("els", 5, "zeros"), ("els", 3, "circular"), ("els", 5, "circular"), ("ls", 1, "zeros")],
+)
+def test_machines_equal_brute_force(tiny, kind, k, padding):
+    data, x = tiny
+    sigma = torch.tensor([0.4, 1.3], dtype=torch.float64)
+    machine = els.ScoreMachine(data, kind, k if k else 3, padding)
+    got = machine(x, sigma)
+    want = brute_force(x, data, sigma, kind, k, padding)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+def test_factories(tiny):
+    data, x = tiny
+    assert els.ideal(data).kind == "is"
+    torch.testing.assert_close(els.local(data, 3)(x, 0.5), els.ScoreMachine(data, "ls", 3)(x, 0.5))
+    torch.testing.assert_close(els.equivariant_local(data, 3, "circular")(x, 0.5),
+                               brute_force(x, data, 0.5, "els", 3, "circular"))
+
+
+def test_ls_with_full_image_patches_is_ideal():
+    # circular 5×5 patches on 5×5 images: every pixel sees the whole image, so LS = IS
+    g = torch.Generator().manual_seed(1)
+    data = torch.randn(6, 1, 5, 5, generator=g, dtype=torch.float64)
+    x = torch.randn(4, 1, 5, 5, generator=g, dtype=torch.float64)
+    for sigma in (0.3, 1.0, 5.0):
+        torch.testing.assert_close(els.local(data, 5, "circular")(x, sigma), els.ideal(data)(x, sigma))
+
+
+def test_zero_padded_els_with_full_patches_is_ls():
+    # with k = H = W every position has its own padding pattern: boundary-broken ELS = LS
+    g = torch.Generator().manual_seed(2)
+    data = torch.randn(4, 1, 5, 5, generator=g, dtype=torch.float64)
+    x = torch.randn(3, 1, 5, 5, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(els.equivariant_local(data, 5)(x, 0.8), els.local(data, 5)(x, 0.8))
+
+
+@pytest.mark.parametrize("kind,padding", [("is", "zeros"), ("ls", "zeros"), ("els", "zeros"), ("els", "circular")])
+def test_streaming_equals_one_shot(kind, padding):
+    g = torch.Generator().manual_seed(3)
+    data = torch.randn(20, 1, 6, 6, generator=g, dtype=torch.float64)
+    x = torch.randn(3, 1, 6, 6, generator=g, dtype=torch.float64) * 2
+    one_shot = els.ScoreMachine(data, kind, 3, padding, chunk_elements=10**9)(x, 0.2)
+    for cache in (0, 10**9):  # training patches recomputed per chunk / tabulated once
+        streamed = els.ScoreMachine(data, kind, 3, padding, chunk_elements=1, cache_elements=cache)(x, 0.2)
+        torch.testing.assert_close(streamed, one_shot, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind,padding", [("ls", "zeros"), ("els", "zeros"), ("els", "circular")])
+def test_mosaic_property(kind, padding):
+    # σ → 0: each pixel becomes the centre of its nearest allowed training patch
+    g = torch.Generator().manual_seed(4)
+    data = torch.randn(3, 1, 5, 6, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 1, 5, 6, generator=g, dtype=torch.float64)
+    got = els.ScoreMachine(data, kind, 3, padding)(x, 1e-4)
+    want = torch.zeros_like(x)
+    for b, i, j in itertools.product(range(2), range(5), range(6)):
+        q, qm = _patch(x[b], i, j, 3, padding)
+        best = (math.inf, None)
+        for y in data:
+            for p, r in itertools.product(range(5), range(6)):
+                if kind == "ls" and (p, r) != (i, j):
+                    continue
+                c, cm = _patch(y, p, r, 3, padding)
+                if kind == "els" and not torch.equal(cm, qm):
+                    continue
+                dist = ((q - c) ** 2).sum().item()
+                if dist < best[0]:
+                    best = (dist, y[:, p, r])
+        want[b, :, i, j] = best[1]
+    torch.testing.assert_close(got, want)
+
+
+def test_finite_at_small_sigma_float32():
+    g = torch.Generator().manual_seed(5)
+    data = torch.randn(10, 1, 8, 8, generator=g)
+    x = torch.randn(4, 1, 8, 8, generator=g) * 3
+    for kind in els.KINDS:
+        out = els.ScoreMachine(data, kind, 3)(x, 1e-4)
+        assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_circular_els_is_translation_equivariant(tiny):
+    data, x = tiny
+    m = els.equivariant_local(data, 3, "circular")
+    shifted = torch.roll(x, shifts=(2, -1), dims=(2, 3))
+    torch.testing.assert_close(m(shifted, 0.6), torch.roll(m(x, 0.6), shifts=(2, -1), dims=(2, 3)))
+
+
+def test_class_conditioning_equals_subset():
+    g = torch.Generator().manual_seed(6)
+    data = torch.randn(12, 1, 6, 6, generator=g, dtype=torch.float64)
+    labels = torch.arange(12) % 3
+    x = torch.randn(3, 1, 6, 6, generator=g, dtype=torch.float64)
+    want_labels = torch.tensor([0, 2, 1])
+    for kind in els.KINDS:
+        m = els.ScoreMachine(data, kind, 3, labels=labels, chunk_elements=50, cache_elements=0)
+        got = m(x, 0.5, labels=want_labels)
+        for b in range(3):
+            sub = els.ScoreMachine(data[labels == want_labels[b]], kind, 3)
+            torch.testing.assert_close(got[b:b + 1], sub(x[b:b + 1], 0.5))
+        torch.testing.assert_close(m.with_labels(want_labels)(x, 0.5), got)
+
+
+def test_local_weights_match_ls(tiny):
+    data, x = tiny
+    w = els.local_weights(x, data, 0.5, 3)
+    assert w.shape == (2, 3, 5, 6)
+    torch.testing.assert_close(w.sum(1), torch.ones(2, 5, 6, dtype=torch.float64))
+    recon = (w[:, :, None] * data[None]).sum(1)
+    torch.testing.assert_close(recon, els.local(data, 3)(x, 0.5))
+
+
+def test_locality_schedule_and_mixed_sigmas(tiny):
+    data, x = tiny
+    sched = els.LocalitySchedule([2.0, 0.5, 0.1], [5, 3, 1])
+    assert sched(3.0) == 5 and sched(0.6) == 3 and sched(0.01) == 1 and sched(0.3) == 3
+    m = els.equivariant_local(data, sched)
+    sigma = torch.tensor([2.0, 0.1], dtype=torch.float64)
+    got = m(x, sigma)
+    torch.testing.assert_close(got[:1], els.equivariant_local(data, 5)(x[:1], 2.0))
+    torch.testing.assert_close(got[1:], els.equivariant_local(data, 1)(x[1:], 0.1))
+    with pytest.raises(ValueError):
+        els.LocalitySchedule([1.0, 0.5], [3, 4])
+    with pytest.raises(ValueError):
+        els.LocalitySchedule([1.0], [3, 5])
+
+
+def test_pearson_r():
+    g = torch.Generator().manual_seed(7)
+    a, b = torch.randn(5, 1, 4, 4, generator=g), torch.randn(5, 1, 4, 4, generator=g)
+    r = els.pearson_r(a, b)
+    want = [np.corrcoef(a[i].reshape(-1).numpy(), b[i].reshape(-1).numpy())[0, 1] for i in range(5)]
+    np.testing.assert_allclose(r.numpy(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(els.pearson_r(a, 3 * a + 1), torch.ones(5))
+    with pytest.raises(ValueError):
+        els.pearson_r(a, b[:3])
+
+
+def test_calibrate_recovers_the_size_of_a_machine():
+    samplers = pytest.importorskip("companion.samplers")
+    g = torch.Generator().manual_seed(8)
+    data = torch.rand(15, 1, 7, 7, generator=g) * 2 - 1
+    net = els.equivariant_local(data, 5)                    # a "network" that is an ELS machine, k = 5
+    sigmas = samplers.loglinear(5, 0.05, 5.0)
+    x = sigmas[0] * torch.randn(4, 1, 7, 7, generator=g)
+    cal = els.calibrate(net, els.equivariant_local(data, 3), sigmas, x, [3, 5, 7])
+    assert cal.schedule.sizes == [5] * 5
+    assert cal.cosine.shape == (5, 3, 4) and cal.best.shape == (5, 4)
+    torch.testing.assert_close(cal.cosine[:, 1], torch.ones(5, 4), rtol=0, atol=1e-4)
+
+
+def test_bad_inputs():
+    data = torch.zeros(4, 1, 8, 8)
+    with pytest.raises(ValueError, match="odd"):
+        els.equivariant_local(data, 4)
+    with pytest.raises(ValueError, match="larger than the image"):
+        els.local(data, 9)
+    with pytest.raises(ValueError, match="odd"):
+        els.local(data, 0)
+    with pytest.raises(ValueError, match="channels"):
+        els.equivariant_local(data, 3)(torch.zeros(2, 3, 8, 8), 1.0)
+    with pytest.raises(ValueError, match="image size"):
+        els.equivariant_local(data, 3)(torch.zeros(2, 1, 6, 8), 1.0)
+    with pytest.raises(ValueError, match="patch_size"):
+        els.equivariant_local(data, 3)(torch.zeros(2, 1, 8, 8), 1.0, patch_size=2)
+    with pytest.raises(ValueError, match="patch_size"):
+        els.equivariant_local(data, lambda s: 10)(torch.zeros(2, 1, 8, 8), 1.0)
+    with pytest.raises(ValueError, match="kind"):
+        els.ScoreMachine(data, "xyz", 3)
+    with pytest.raises(ValueError, match="padding"):
+        els.ScoreMachine(data, "els", 3, padding="reflect")
+    with pytest.raises(ValueError, match="data"):
+        els.ideal(torch.zeros(0, 1, 8, 8))
+    with pytest.raises(ValueError, match="data"):
+        els.ideal(torch.zeros(4, 8, 8))
+    with pytest.raises(ValueError, match="sigma"):
+        els.ideal(data)(torch.zeros(2, 1, 8, 8), -1.0)
+    with pytest.raises(ValueError, match="labels"):
+        els.ideal(data)(torch.zeros(2, 1, 8, 8), 1.0, labels=torch.tensor([0, 1]))
+    m = els.ideal(data, labels=torch.tensor([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match="no training images"):
+        m(torch.zeros(2, 1, 8, 8), 1.0, labels=torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="labels"):
+        els.ideal(data, labels=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="name"):
+        els.load_images("imagenet")
+
+
+def test_checker_local_weights():
+    from companion.exercises import check_local_weights
+
+    assert check_local_weights(els.local_weights, quiet=True)
+
+    def wrong(x, data, sigma, patch_size):  # forgets the factor 2 in 2σ²
+        return els.local_weights(x, data, sigma / 2**0.5, patch_size)
+
+    def circular(x, data, sigma, patch_size):  # wrong padding at the border
+        d = patch_size // 2
+        sq = ((x[:, None] - data[None]) ** 2).sum(2)
+        sq = torch.nn.functional.pad(sq, (d, d, d, d), mode="circular")
+        s = torch.nn.functional.avg_pool2d(sq, patch_size, stride=1) * patch_size**2
+        return torch.softmax(-s / (2 * sigma**2), 1)
+
+    assert not check_local_weights(wrong, quiet=True)
+    assert not check_local_weights(circular, quiet=True)
