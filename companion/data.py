@@ -81,7 +81,8 @@ def image_set(name: str, n: int | None = None, size: int = 32, train: bool = Tru
     Args:
         name: one of ``IMAGE_SETS`` (``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``).
         n: keep the first ``n`` images (all when ``None``).
-        size: side length after resizing (bilinear); 32 for the Kamb & Ganguli setting.
+        size: side length: smaller images are padded with the background value −1 when the margin is
+            even (MNIST's 28 → 32, as Kamb & Ganguli), otherwise resized bilinearly.
         train: the training split (else the test split).
         root: download directory (default ``runtime.cache_dir() / "torchvision"``).
 
@@ -115,6 +116,9 @@ def image_set(name: str, n: int | None = None, size: int = 32, train: bool = Tru
     labels = torch.as_tensor(ds.targets, dtype=torch.long)
     if n is not None:
         images, labels = images[:n], labels[:n]
-    if images.shape[-1] != size:
+    margin = size - images.shape[-1]
+    if margin > 0 and margin % 2 == 0:  # e.g. MNIST 28 -> 32: pad with the background value, as Kamb & Ganguli do
+        images = torch.nn.functional.pad(images, (margin // 2,) * 4, value=-1.0)
+    elif margin != 0:
         images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
     return images.contiguous(), labels

@@ -43,7 +43,7 @@ from ._checks import as_sigma, as_tensor
 
 __all__ = [
     "ScoreMachine", "ideal", "local", "equivariant_local", "position_classes", "local_weights",
-    "LocalitySchedule", "Calibration", "calibrate", "pearson_r", "load_images", "KINDS", "PADDINGS",
+    "LocalitySchedule", "Calibration", "calibrate", "pearson_r", "KINDS", "PADDINGS",
 ]
 
 KINDS = ("is", "ls", "els")
@@ -495,48 +495,3 @@ def pearson_r(a, b) -> torch.Tensor:
     b = b - b.mean(1, keepdim=True)
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
 
-
-_TORCHVISION_SETS = {"mnist": "MNIST", "fashionmnist": "FashionMNIST", "cifar10": "CIFAR10"}
-
-
-def load_images(name: str, n: int | None = None, root=None, download: bool = True):
-    """A full-profile training set at 32×32 in [-1, 1] through torchvision (downloads on first use).
-
-    Args:
-        name: ``"mnist"``, ``"fashionmnist"`` or ``"cifar10"`` (28×28 sets are zero-padded, i.e. with
-            the background value −1, to 32×32).
-        n: keep the first ``n`` training images (all if None).
-        root: download folder (default: ``runtime.cache_dir() / "torchvision"``).
-
-    Returns:
-        ``(images, labels)``: ``(N, C, 32, 32)`` float32 and ``(N,)`` int64.
-
-    Raises ``ValueError`` for an unknown name and ``ImportError`` naming the offline alternative
-    (``companion.data.digits()``) when torchvision is not installed.
-    """
-    key = str(name).lower().replace("-", "").replace("_", "")
-    if key not in _TORCHVISION_SETS:
-        raise ValueError(f"name must be one of {tuple(_TORCHVISION_SETS)}, got {name!r}")
-    try:
-        import torchvision
-    except ImportError as exc:
-        raise ImportError(
-            f"load_images({name!r}) needs torchvision (pip install torchvision) and a network connection "
-            "for the first download; offline, use the embedded digits: companion.data.digits()"
-        ) from exc
-    from . import runtime
-
-    root = root or (runtime.cache_dir() / "torchvision")
-    ds = getattr(torchvision.datasets, _TORCHVISION_SETS[key])(root=str(root), train=True, download=download)
-    images = torch.as_tensor(ds.data)
-    labels = torch.as_tensor(ds.targets).long()
-    if images.dim() == 3:
-        images = images[:, None]
-    else:
-        images = images.permute(0, 3, 1, 2)
-    images = images.float() / 127.5 - 1.0
-    if images.shape[-1] == 28:
-        images = F.pad(images, (2, 2, 2, 2), value=-1.0)
-    if n is not None:
-        images, labels = images[:n], labels[:n]
-    return images.contiguous(), labels

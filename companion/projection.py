@@ -1,6 +1,7 @@
 r"""Diffusion as approximate projection (Permenter & Yuan, ICML 2024).
 
-For a finite data set :math:`K = \{x_1, \dots, x_M\} \subset \mathbb R^n` this module gives
+For a finite data set :math:`K = \{x_1, \dots, x_M\} \subset \mathbb R^n` (the book writes d for n)
+this module gives
 
 * the exact distance and projection, :math:`\operatorname{dist}_K(x) = \min_i \|x - x_i\|`,
   :math:`\operatorname{proj}_K(x) = \arg\min_i \|x - x_i\|` (:func:`dist`, :func:`project`);
@@ -23,7 +24,7 @@ For a finite data set :math:`K = \{x_1, \dots, x_M\} \subset \mathbb R^n` this m
 * :func:`budget_schedule`: the σ's a sampler visits for a given budget of denoiser calls (NFE), with
   the two spacings compared in the paper (DDPM's timesteps subsampled uniformly, and log-linear);
 * :func:`sampler_table`: the experiment of the paper's Table 2 (samplers × spacings × NFE), scored by
-  any sample-quality function, and :func:`format_table` to print it;
+  any sample-quality function (:func:`run_sampler` runs one cell), and :func:`format_table` prints it.
 
 Images ``(B, C, H, W)`` are flattened to vectors of length ``n = C·H·W``; the data set ``data``
 has shape ``(M, *shape)`` with the same trailing shape as ``x``. Distances are computed from

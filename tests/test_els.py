@@ -255,8 +255,6 @@ def test_bad_inputs():
         m(torch.zeros(2, 1, 8, 8), 1.0, labels=torch.tensor([0, 5]))
     with pytest.raises(ValueError, match="labels"):
         els.ideal(data, labels=torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="name"):
-        els.load_images("imagenet")
 
 
 def test_checker_local_weights():
