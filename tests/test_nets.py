@@ -7,13 +7,7 @@ from companion import nets
 from companion.denoisers import TARGETS, target_from_x0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small networks on a shared CPU run much faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _init_nonzero(model, seed=0):
