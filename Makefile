@@ -28,7 +28,7 @@ unit: $(VENV)/.installed
 	TQDM_DISABLE=1 $(PY) -m pytest -q tests -m "not site"
 
 notebooks: $(VENV)/.installed
-	TQDM_DISABLE=1 COMPANION_PROFILE=quick $(PY) -m pytest -q --nbmake --nbmake-timeout=300 book/*.ipynb
+	TQDM_DISABLE=1 COMPANION_PROFILE=quick $(PY) -m pytest -q --durations=0 --nbmake --nbmake-timeout=300 book/*.ipynb
 
 site: $(VENV)/.installed
 	rm -rf _build
