@@ -27,9 +27,9 @@ the training patches at the positions of its class. Distances are computed with 
 matrix products, and the softmax is accumulated over chunks of the training set with a running
 log-sum-exp, so memory stays bounded (``chunk_elements``) and the weights are exact.
 
-Also here: a locality schedule (patch size per σ), the paper's calibration of that schedule against a
-trained network, the per-image Pearson correlation used in the paper's Table 1, and a loader for the
-full-profile image sets (MNIST, FashionMNIST, CIFAR-10 at 32×32 through torchvision).
+Also here: a locality schedule (patch size per σ), a calibration of that schedule against a trained
+network (after the paper's, comparing denoiser outputs), and the per-image Pearson correlation we
+assume the paper's Table 1 reports.
 """
 from __future__ import annotations
 
@@ -412,35 +412,42 @@ class Calibration:
     """Result of :func:`calibrate`.
 
     Attributes:
-        schedule: the calibrated :class:`LocalitySchedule` (median over samples of the best size).
+        schedule: the calibrated :class:`LocalitySchedule` (per step, the size with the smallest median
+            error over samples).
         sigmas: ``(S,)`` the noise levels of the calibrated steps.
         patch_sizes: the candidate sizes, length ``n_k``.
-        cosine: ``(S, n_k, B)`` cosine similarity of machine and network scores per step, size, sample.
-        best: ``(S, B)`` the best size per step and sample.
+        mse: ``(S, n_k, B)`` mean squared difference of the machine's and the network's denoiser
+            outputs per step, size and sample.
+        best: ``(S, B)`` the best size per step and sample (for inspecting the spread of the votes).
     """
 
     schedule: LocalitySchedule
     sigmas: torch.Tensor
     patch_sizes: list
-    cosine: torch.Tensor
+    mse: torch.Tensor
     best: torch.Tensor
 
-
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
+    @property
+    def spread(self) -> torch.Tensor:
+        """``(S,)`` how decisive each step is: (worst − best) / best of the per-size median errors."""
+        med = self.mse.median(dim=2).values
+        lo = med.min(1).values
+        return (med.max(1).values - lo) / lo.clamp_min(1e-30)
 
 
 @torch.no_grad()
 def calibrate(net: Callable, machine: ScoreMachine, sigmas, x, patch_sizes: Sequence[int],
               progress: bool = False) -> Calibration:
-    r"""Calibrate a machine's locality scale against a trained network, as in Kamb & Ganguli (2025).
+    r"""Calibrate a machine's locality scale against a trained network (after Kamb & Ganguli 2025).
 
     Runs the network's own deterministic DDIM trajectory (:func:`companion.samplers.sample` with
     γ = 1, μ = 0) from ``x``; at every step with σ > 0 it evaluates the machine at each candidate patch
-    size on the network's current iterate and computes, per sample, the cosine similarity between the
-    machine's score :math:`(D_k(x)-x)/\sigma^2` and the network's :math:`(D_\theta(x)-x)/\sigma^2`. The
-    best size of a step is the median over samples of each sample's best size.
+    size on the network's current iterate and measures, per sample, the mean squared difference of
+    the denoiser outputs :math:`\|D_k(x) - D_\theta(x)\|^2 / \dim x`. (This equals σ⁴ times the squared
+    error between the scores, so per step it ranks sizes as a score comparison would. A *cosine* of
+    the scores :math:`(D - x)/\sigma^2` is not used: at large σ both scores are dominated by
+    :math:`-x/\sigma^2` and their cosine is ≈ 1 for every size.) The size of a step is the one with
+    the smallest median error over samples (our choice of aggregation).
 
     Args:
         net: the network's denoiser ``net(x, sigma) -> x0_hat``.
@@ -463,17 +470,16 @@ def calibrate(net: Callable, machine: ScoreMachine, sigmas, x, patch_sizes: Sequ
     sig = samplers.check_sigmas(sigmas)
     _, path = samplers.sample(net, sig, x, gamma=1.0, mu=0.0, return_path=True)
     steps = [i for i in range(len(sig) - 1) if sig[i] > 0]
-    cos = torch.zeros(len(steps), len(sizes), x.shape[0], dtype=x.dtype)
+    mse = torch.zeros(len(steps), len(sizes), x.shape[0], dtype=x.dtype)
     for j, i in enumerate(tqdm(steps, disable=not progress, desc="calibrating")):
         xi, s = path[i], float(sig[i])
         d_net = net(xi, s)
         for a, k in enumerate(sizes):
-            cos[j, a] = _cosine(d_net - xi, machine(xi, s, patch_size=k) - xi).cpu()
-    best = torch.tensor(sizes)[cos.argmax(1)]                                 # (S, B)
-    median = best.median(dim=1).values
-    median = torch.where(median % 2 == 0, median + 1, median)                 # keep it odd
-    schedule = LocalitySchedule(sig[steps].cpu(), median.tolist())
-    return Calibration(schedule, sig[steps].cpu(), sizes, cos, best)
+            mse[j, a] = (machine(xi, s, patch_size=k) - d_net).flatten(1).pow(2).mean(1).cpu()
+    best = torch.tensor(sizes)[mse.argmin(1)]                                  # (S, B)
+    chosen = torch.tensor(sizes)[mse.median(dim=2).values.argmin(1)]          # (S,)
+    schedule = LocalitySchedule(sig[steps].cpu(), chosen.tolist())
+    return Calibration(schedule, sig[steps].cpu(), sizes, mse, best)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -484,7 +490,7 @@ def pearson_r(a, b) -> torch.Tensor:
     """Per-image Pearson correlation of two batches ``(B, ...)`` → ``(B,)``.
 
     Each image is flattened, its mean removed and normalized to unit length; r is the dot product.
-    This is the quantity of Kamb & Ganguli's Table 1 (which labels it r²).
+    We assume this is the quantity of Kamb & Ganguli's Table 1 ("ELS Corr."; their Fig. 4 writes r²).
     """
     a, b = as_tensor(a, "a"), as_tensor(b, "b")
     if a.shape != b.shape or a.dim() < 2:

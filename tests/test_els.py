@@ -218,8 +218,27 @@ def test_calibrate_recovers_the_size_of_a_machine():
     x = sigmas[0] * torch.randn(4, 1, 7, 7, generator=g)
     cal = els.calibrate(net, els.equivariant_local(data, 3), sigmas, x, [3, 5, 7])
     assert cal.schedule.sizes == [5] * 5
-    assert cal.cosine.shape == (5, 3, 4) and cal.best.shape == (5, 4)
-    torch.testing.assert_close(cal.cosine[:, 1], torch.ones(5, 4), rtol=0, atol=1e-4)
+    assert cal.mse.shape == (5, 3, 4) and cal.best.shape == (5, 4)
+    torch.testing.assert_close(cal.mse[:, 1], torch.zeros(5, 4), rtol=0, atol=1e-10)
+
+
+def test_calibrate_discriminates_sizes_at_high_noise():
+    # the comparison must separate the sizes clearly even at large σ, where a cosine of the scores
+    # (D - x)/σ² is ≈ 1 for every size; here σ_max = 20 ≫ ‖x0‖
+    samplers = pytest.importorskip("companion.samplers")
+    g = torch.Generator().manual_seed(9)
+    data = torch.rand(20, 1, 7, 7, generator=g) * 2 - 1
+    net = els.equivariant_local(data, 3)
+    sigmas = samplers.loglinear(4, 0.1, 20.0)
+    x = sigmas[0] * torch.randn(6, 1, 7, 7, generator=g)
+    cal = els.calibrate(net, els.equivariant_local(data, 7), sigmas, x, [3, 5, 7])
+    assert cal.schedule.sizes == [3] * 4
+    assert (cal.best == 3).all()
+    assert (cal.spread > 0.5).all()          # wrong sizes are far worse, not third-decimal worse
+    # the recorded error is the mean squared difference of the denoiser outputs (not of scores, not a cosine)
+    want = torch.stack([(els.equivariant_local(data, k)(x, sigmas[0]) - net(x, sigmas[0])).pow(2).flatten(1).mean(1)
+                        for k in (3, 5, 7)])
+    torch.testing.assert_close(cal.mse[0], want, rtol=1e-4, atol=1e-8)
 
 
 def test_bad_inputs():
