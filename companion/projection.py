@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from ._checks import as_sigma, as_tensor
+from .metrics import nearest_neighbour_distance
 
 __all__ = [
     "smoothed_dist2", "dist", "project", "relative_error", "Recorder",
@@ -114,8 +115,7 @@ def smoothed_dist2(x, data, sigma) -> torch.Tensor:
 
 def _nearest(x, data):
     x2, d = _flat_pair(x, data)
-    values, indices = zip(*(torch.min(d2, dim=1) for _, d2 in _sq_distance_blocks(x2, d)))
-    return torch.cat(values).clamp_min(0).sqrt(), torch.cat(indices)
+    return nearest_neighbour_distance(x2, d, return_index=True)
 
 
 def dist(x, data) -> torch.Tensor:
