@@ -1,0 +1,117 @@
+"""Local Sphinx extension: the website as readers get it (loaded from ``_config.yml``).
+
+Fixes that belong to the site, not to any chapter:
+
+- **duplicate inline scripts.** Sphinx 7 writes some inline scripts twice (once registered with
+  ``filename=None``, once with ``''``), so every page threw "Identifier 'THEBE_JS_URL' has
+  already been declared". Fixed upstream in Sphinx 8.2, which Jupyter Book 1 does not allow; here
+  each page keeps the first of every equal script.
+- **static widgets.** The website cannot run Python, so a slider cell shows nothing there; the
+  chapter shows a static figure instead. The embedded widget state (tens of kB a page) is dropped;
+  ``nb_ipywidgets_js: {}`` in ``_config.yml`` drops the CDN widget scripts. On a live kernel the
+  slider works as before.
+- **exercise numbers per chapter.** sphinx-exercise numbers exercises across the whole book
+  (1–21) because the table of contents is not numbered; they are renumbered "N.k": N from the
+  chapter's file name (``06_creativity_els`` → 6), k the exercise's rank on its page.
+- **author–year bibliography.** The bibliography's labels are "Ho et al. 2020", as the citations
+  in the text are (``bibtex_default_style: authoryear``).
+- **a favicon**, so that browsers stop asking for a missing ``/favicon.ico``.
+
+MathJax is served from the site by ``sphinx-mathjax-offline`` (in ``extra_extensions``).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def _script_key(js):
+    attrs = tuple(sorted((k, str(v)) for k, v in js.attributes.items()))
+    return (js.filename or "", attrs)
+
+
+def clean_scripts(app, pagename, templatename, context, doctree):
+    """Drop repeated scripts and the embedded widget state from a page's ``script_files``."""
+    files = context.get("script_files")
+    if not files:
+        return
+    seen, kept = set(), []
+    for js in files:
+        key = _script_key(js)
+        if key in seen or js.attributes.get("type") == WIDGET_STATE:
+            continue
+        seen.add(key)
+        kept.append(js)
+    context["script_files"] = kept
+
+
+def chapter_number(docname: str) -> int | None:
+    """The chapter number in a file name (``06_creativity_els`` → 6), or None."""
+    m = re.match(r"(?:.*/)?(\d+)_", docname)
+    return int(m.group(1)) if m else None
+
+
+def number_exercises_per_chapter(app, env):
+    """Renumber every exercise "N.k" (chapter N from the file name, k its rank on the page)."""
+    changed = []
+    for docname, types in env.toc_fignumbers.items():
+        numbers = types.get("exercise")
+        if not numbers:
+            continue
+        chapter = chapter_number(docname)
+        ranked = sorted(numbers, key=lambda ident: numbers[ident])
+        new = {ident: ((chapter, k) if chapter is not None else (k,))
+               for k, ident in enumerate(ranked, 1)}
+        if new != numbers:
+            types["exercise"] = new
+            changed.append(docname)
+    return changed
+
+
+def set_favicon(app, config):
+    if not config.html_favicon:
+        config.html_favicon = str(HERE / "favicon.svg")
+
+
+def register_authoryear_style():
+    """A pybtex style whose labels read like the citations in the text: "Ho et al. 2020"."""
+    from pybtex.plugin import register_plugin
+    from pybtex.richtext import Text
+    from pybtex.style.formatting.unsrt import Style as Unsrt
+    from pybtex.style.labels import BaseLabelStyle
+    from pybtex.style.sorting.author_year_title import SortingStyle
+
+    def last(person):
+        return Text.from_latex(" ".join(person.prelast_names + person.last_names)).render_as("text")
+
+    class AuthorYearLabels(BaseLabelStyle):
+        def format_labels(self, sorted_entries):
+            for entry in sorted_entries:
+                people = entry.persons.get("author") or entry.persons.get("editor") or []
+                names = [last(p) for p in people]
+                if not names:
+                    who = Text.from_latex(entry.fields.get("title", entry.key)).render_as("text")
+                elif len(names) == 1:
+                    who = names[0]
+                elif len(names) == 2:
+                    who = f"{names[0]} and {names[1]}"
+                else:
+                    who = f"{names[0]} et al."
+                yield f"{who} {entry.fields.get('year', 'n.d.')}"
+
+    class AuthorYear(Unsrt):
+        default_label_style = AuthorYearLabels
+        default_sorting_style = SortingStyle
+
+    register_plugin("pybtex.style.formatting", "authoryear", AuthorYear, force=True)
+
+
+def setup(app):
+    register_authoryear_style()
+    app.connect("config-inited", set_favicon)
+    app.connect("html-page-context", clean_scripts, priority=900)
+    app.connect("env-get-updated", number_exercises_per_chapter, priority=900)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
