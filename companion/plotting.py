@@ -15,8 +15,9 @@ import torch
 __all__ = ["use_style", "subplots", "max_width", "wrap", "natural_width_px", "image_grid",
            "density_2d", "particles", "grid_2d", "COLUMN_PX", "MIN_SCALE"]
 
-#: width in CSS pixels of the website's text column (sphinx-book-theme, desktop)
-COLUMN_PX = 757
+#: width in CSS pixels that a cell output gets on the website: 676 in a 1280-px-wide browser
+#: window (sphinx-book-theme with both sidebars; 745 at 1366 px, at most 790)
+COLUMN_PX = 676
 #: every figure is shown at no less than this fraction of its natural size
 MIN_SCALE = 0.75
 #: a saved figure (``bbox_inches="tight"``) can be a little wider than its ``figsize``
@@ -49,7 +50,7 @@ def max_width(dpi: float | None = None) -> float:
 
     The notebook shows a figure at ``dpi`` (default ``rcParams["figure.dpi"]``) pixels per inch,
     and the website scales an image wider than the column down to ``COLUMN_PX``; a safety
-    margin covers labels that a tight bounding box adds. 9.6 inches at the default 100 dpi.
+    margin covers labels that a tight bounding box adds. 8.6 inches at the default 100 dpi.
     """
     dpi = dpi or mpl.rcParams["figure.dpi"]
     return _MARGIN * COLUMN_PX / MIN_SCALE / dpi
