@@ -15,7 +15,8 @@ Fixes that belong to the site, not to any chapter:
   chapter's file name (``06_creativity_els`` → 6), k the exercise's rank on its page.
 - **author–year bibliography.** The bibliography's labels are "Ho et al. 2020", as the citations
   in the text are (``bibtex_default_style: authoryear``).
-- **a favicon**, so that browsers stop asking for a missing ``/favicon.ico``.
+- **a favicon**, so that browsers stop asking for a missing ``/favicon.ico``, and **no empty
+  header bar** with a second search box (see :func:`configure_theme`).
 
 MathJax is served from the site by ``sphinx-mathjax-offline`` (in ``extra_extensions``).
 """
@@ -71,9 +72,15 @@ def number_exercises_per_chapter(app, env):
     return changed
 
 
-def set_favicon(app, config):
+def configure_theme(app, config):
+    """A favicon, and no empty header bar with a second search box.
+
+    pydata-sphinx-theme 0.17 (newer than sphinx-book-theme expects) fills its top navbar with a
+    search field unless ``navbar_persistent`` is set; the sidebar already has one.
+    """
     if not config.html_favicon:
         config.html_favicon = str(HERE / "favicon.svg")
+    config.html_theme_options.setdefault("navbar_persistent", [])
 
 
 def register_authoryear_style():
@@ -111,7 +118,7 @@ def register_authoryear_style():
 
 def setup(app):
     register_authoryear_style()
-    app.connect("config-inited", set_favicon)
+    app.connect("config-inited", configure_theme)
     app.connect("html-page-context", clean_scripts, priority=900)
     app.connect("env-get-updated", number_exercises_per_chapter, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

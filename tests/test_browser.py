@@ -86,6 +86,8 @@ def driver():
         if os.environ.get("CI") == "true":
             pytest.fail(msg.replace("SKIPPED", "FAILED (CI=true)"))
         pytest.skip(msg)
+    os.environ.setdefault("SE_OFFLINE", "true")       # Selenium Manager: no downloads,
+    os.environ.setdefault("SE_AVOID_STATS", "true")   # no usage statistics sent
     webdriver = pytest.importorskip("selenium.webdriver")
     opts = webdriver.ChromeOptions()
     opts.binary_location = chrome
@@ -126,6 +128,12 @@ const done = arguments[arguments.length - 1];
   r.outputs = [...document.querySelectorAll('.cell_output .output, .cell_output pre')]
       .map(e => ({cls: e.className, text: e.textContent}));
   r.stderr = document.querySelectorAll('.cell_output .stderr, .output.stderr').length;
+  r.widgetState = [...document.querySelectorAll('script')]
+      .filter(s => s.type === 'application/vnd.jupyter.widget-state+json').length;
+  const header = document.querySelector('header.bd-header');
+  r.header = header ? header.getBoundingClientRect().height : 0;
+  r.searchFields = [...document.querySelectorAll('.search-button-field')]
+      .filter(e => e.getBoundingClientRect().width > 0).length;
   done(r);
 })();
 """
@@ -227,6 +235,15 @@ def test_outputs_are_clean(visits, page):
     assert rec["stderr"] == 0, f"{rec['stderr']} stderr outputs on the page"
     found = [f"{why}: {o['text'][:120]!r}" for o in rec["outputs"] for rx, why in GARBAGE if rx.search(o["text"])]
     assert not found, "\n".join(found[:5])
+
+
+@pytest.mark.parametrize("page", page_params())
+def test_static_page_chrome(visits, page):
+    """No embedded widget state (sliders need a kernel), no empty header bar, one search field."""
+    rec = visits[page]
+    assert rec["widgetState"] == 0, "widget state embedded in the page"
+    assert rec["header"] == 0, f"a {rec['header']:.0f}-px header bar above the page"
+    assert rec["searchFields"] <= 1, f"{rec['searchFields']} search fields shown"
 
 
 @pytest.mark.parametrize("page", page_params())
