@@ -10,9 +10,9 @@ Fixes that belong to the site, not to any chapter:
   chapter shows a static figure instead. The embedded widget state (tens of kB a page) is dropped;
   ``nb_ipywidgets_js: {}`` in ``_config.yml`` drops the CDN widget scripts. On a live kernel the
   slider works as before.
-- **exercise numbers per chapter.** sphinx-exercise numbers exercises across the whole book
-  (1–21) because the table of contents is not numbered; they are renumbered "N.k": N from the
-  chapter's file name (``06_creativity_els`` → 6), k the exercise's rank on its page.
+- **numbers per chapter.** Sphinx numbers exercises (and figures, tables) across the whole book
+  (Exercise 1–21) because the table of contents is not numbered; they are renumbered "N.k": N
+  from the chapter's file name (``06_creativity_els`` → 6), k the rank on its page.
 - **author–year bibliography.** The bibliography's labels are "Ho et al. 2020", as the citations
   in the text are (``bibtex_default_style: authoryear``).
 - **a favicon**, so that browsers stop asking for a missing ``/favicon.ico``, and **no empty
@@ -55,21 +55,23 @@ def chapter_number(docname: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def number_exercises_per_chapter(app, env):
-    """Renumber every exercise "N.k" (chapter N from the file name, k its rank on the page)."""
-    changed = []
+def number_per_chapter(app, env):
+    """Renumber exercises, figures, tables ... "N.k": chapter N from the file name, k the rank on the page.
+
+    Sphinx counts them across the whole book when the table of contents is not numbered (ours is
+    not: chapter titles carry their numbers). A page without a chapter number counts from 1.
+    """
+    changed = set()
     for docname, types in env.toc_fignumbers.items():
-        numbers = types.get("exercise")
-        if not numbers:
-            continue
         chapter = chapter_number(docname)
-        ranked = sorted(numbers, key=lambda ident: numbers[ident])
-        new = {ident: ((chapter, k) if chapter is not None else (k,))
-               for k, ident in enumerate(ranked, 1)}
-        if new != numbers:
-            types["exercise"] = new
-            changed.append(docname)
-    return changed
+        for figtype, numbers in types.items():
+            ranked = sorted(numbers, key=lambda ident: numbers[ident])
+            new = {ident: ((chapter, k) if chapter is not None else (k,))
+                   for k, ident in enumerate(ranked, 1)}
+            if new != numbers:
+                types[figtype] = new
+                changed.add(docname)
+    return sorted(changed)
 
 
 def configure_theme(app, config):
@@ -120,5 +122,5 @@ def setup(app):
     register_authoryear_style()
     app.connect("config-inited", configure_theme)
     app.connect("html-page-context", clean_scripts, priority=900)
-    app.connect("env-get-updated", number_exercises_per_chapter, priority=900)
+    app.connect("env-get-updated", number_per_chapter, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -29,19 +29,19 @@ def test_chapter_number_from_file_name(docname, n):
     assert book_site.chapter_number(docname) == n
 
 
-def test_exercises_are_numbered_per_chapter():
+def test_exercises_and_figures_are_numbered_per_chapter():
     env = SimpleNamespace(toc_fignumbers={
-        "01_a": {"exercise": {"e2": (2,), "e1": (1,)}, "figure": {"f": (1,)}},
+        "01_a": {"exercise": {"e2": (2,), "e1": (1,)}, "figure": {"f": (3,)}},
         "06_b": {"exercise": {"x": (5,), "y": (3,), "z": (4,)}},
         "intro": {"exercise": {"q": (6,)}},
     })
-    changed = book_site.number_exercises_per_chapter(None, env)
+    changed = book_site.number_per_chapter(None, env)
     assert env.toc_fignumbers["01_a"]["exercise"] == {"e1": (1, 1), "e2": (1, 2)}
     assert env.toc_fignumbers["06_b"]["exercise"] == {"y": (6, 1), "z": (6, 2), "x": (6, 3)}
     assert env.toc_fignumbers["intro"]["exercise"] == {"q": (1,)}
-    assert env.toc_fignumbers["01_a"]["figure"] == {"f": (1,)}
+    assert env.toc_fignumbers["01_a"]["figure"] == {"f": (1, 1)}
     assert sorted(changed) == ["01_a", "06_b", "intro"]
-    assert book_site.number_exercises_per_chapter(None, env) == []   # idempotent
+    assert book_site.number_per_chapter(None, env) == []   # idempotent
 
 
 def test_bibliography_labels_are_author_year_in_utf8():

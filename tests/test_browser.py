@@ -259,7 +259,7 @@ def test_search_returns_results(server, driver):
     driver.get(f"http://127.0.0.1:{httpd.server_address[1]}/search.html?q=diffusion")
     results = WebDriverWait(driver, 20).until(
         lambda d: d.find_elements(By.CSS_SELECTOR, "#search-results ul.search li"))
-    assert len(results) >= 3
+    assert len(results) >= 1
 
 
 class Links(HTMLParser):
