@@ -82,7 +82,7 @@ def server():
 def driver():
     chrome, chromedriver = browser_paths()
     if not (chrome and chromedriver):
-        msg = "BROWSER TEST SKIPPED: install chromium and chromium-driver (apt-get install chromium chromium-driver)"
+        msg = "BROWSER TEST SKIPPED: no chromium (apt-get install chromium chromium-driver)"
         if os.environ.get("CI") == "true":
             pytest.fail(msg.replace("SKIPPED", "FAILED (CI=true)"))
         pytest.skip(msg)
@@ -233,7 +233,8 @@ def test_images_load_and_are_legible(visits, page):
 def test_outputs_are_clean(visits, page):
     rec = visits[page]
     assert rec["stderr"] == 0, f"{rec['stderr']} stderr outputs on the page"
-    found = [f"{why}: {o['text'][:120]!r}" for o in rec["outputs"] for rx, why in GARBAGE if rx.search(o["text"])]
+    found = [f"{why}: {o['text'][:120]!r}" for o in rec["outputs"]
+             for rx, why in GARBAGE if rx.search(o["text"])]
     assert not found, "\n".join(found[:5])
 
 
@@ -300,7 +301,8 @@ def test_every_local_link_and_anchor_resolves():
                 target = target / "index.html"
             if not target.exists():
                 broken.append(f"{page}: {href} (no file)")
-            elif parts.fragment and target.suffix == ".html" and unquote(parts.fragment) not in parse(target).ids:
+            elif (parts.fragment and target.suffix == ".html"
+                  and unquote(parts.fragment) not in parse(target).ids):
                 broken.append(f"{page}: {href} (no anchor)")
     assert n > 0
     assert not broken, f"{len(broken)} of {n} local links broken:\n" + "\n".join(broken[:20])
