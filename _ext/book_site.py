@@ -16,7 +16,8 @@ Fixes that belong to the site, not to any chapter:
 - **author–year bibliography.** The bibliography's labels are "Ho et al. 2020", as the citations
   in the text are (``bibtex_default_style: authoryear``).
 - **a favicon**, so that browsers stop asking for a missing ``/favicon.ico``, and **no empty
-  header bar** with a second search box (see :func:`configure_theme`).
+  header bar** with a second search box (see :func:`configure_theme`); smaller headings on a
+  phone (``static/book_site.css``).
 
 MathJax is served from the site by ``sphinx-mathjax-offline`` (in ``extra_extensions``).
 """
@@ -83,6 +84,7 @@ def configure_theme(app, config):
     if not config.html_favicon:
         config.html_favicon = str(HERE / "favicon.svg")
     config.html_theme_options.setdefault("navbar_persistent", [])
+    config.html_static_path.append(str(HERE / "static"))
 
 
 def register_authoryear_style():
@@ -121,6 +123,7 @@ def register_authoryear_style():
 def setup(app):
     register_authoryear_style()
     app.connect("config-inited", configure_theme)
+    app.add_css_file("book_site.css")
     app.connect("html-page-context", clean_scripts, priority=900)
     app.connect("env-get-updated", number_per_chapter, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -233,8 +233,8 @@ def test_images_load_and_are_legible(visits, page):
 def test_outputs_are_clean(visits, page):
     rec = visits[page]
     assert rec["stderr"] == 0, f"{rec['stderr']} stderr outputs on the page"
-    found = [f"{why}: {o['text'][:120]!r}" for o in rec["outputs"]
-             for rx, why in GARBAGE if rx.search(o["text"])]
+    found = list(dict.fromkeys(f"{why}: {o['text'][:120]!r}" for o in rec["outputs"]
+                               for rx, why in GARBAGE if rx.search(o["text"])))
     assert not found, "\n".join(found[:5])
 
 
