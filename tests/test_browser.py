@@ -181,8 +181,8 @@ def visits(server, driver):
         driver.get_log("browser")  # drop what an earlier page left
         driver.get(base + page)
         rec = driver.execute_async_script(VISIT_JS)
-        rec["console"] = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         rec["solutions"] = check_solutions(driver)
+        rec["console"] = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         rec["requests"] = [(p, c) for pg, p, c in list(handler.log) if pg == page]
         out[page] = rec
     handler.page = None
