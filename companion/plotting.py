@@ -83,10 +83,9 @@ def subplots(nrows: int = 1, ncols: int = 1, size: float = 3.2, **kw):
     or ``(1, ncols)`` with ``squeeze=False``), unused panels hidden, so callers need not know.
     Several rows that are too wide get smaller panels instead. An explicit ``figsize`` is kept.
     """
-    if "figsize" in kw:
-        kw.setdefault("layout", "constrained")
-        return plt.subplots(nrows, ncols, **kw)
     kw.setdefault("layout", "constrained")
+    if "figsize" in kw:
+        return plt.subplots(nrows, ncols, **kw)
     if nrows == 1 and ncols > 1:
         rows, per_row, size = wrap(ncols, size)
     else:
