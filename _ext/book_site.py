@@ -98,20 +98,23 @@ def register_authoryear_style():
     def last(person):
         return Text.from_latex(" ".join(person.prelast_names + person.last_names)).render_as("text")
 
+    def who(entry):
+        people = entry.persons.get("author") or entry.persons.get("editor") or []
+        names = [last(p) for p in people]
+        if not names:
+            return Text.from_latex(entry.fields.get("title", entry.key)).render_as("text")
+        if len(names) <= 2:
+            return " and ".join(names)
+        return f"{names[0]} et al."
+
     class AuthorYearLabels(BaseLabelStyle):
         def format_labels(self, sorted_entries):
-            for entry in sorted_entries:
-                people = entry.persons.get("author") or entry.persons.get("editor") or []
-                names = [last(p) for p in people]
-                if not names:
-                    who = Text.from_latex(entry.fields.get("title", entry.key)).render_as("text")
-                elif len(names) == 1:
-                    who = names[0]
-                elif len(names) == 2:
-                    who = f"{names[0]} and {names[1]}"
-                else:
-                    who = f"{names[0]} et al."
-                yield f"{who} {entry.fields.get('year', 'n.d.')}"
+            labels = [f"{who(e)} {e.fields.get('year', 'n.d.')}" for e in sorted_entries]
+            seen = {}
+            for label in labels:   # equal labels become "2021a", "2021b" in sorted order
+                n = labels.count(label)
+                seen[label] = seen.get(label, -1) + 1
+                yield label + ("abcdefghijklmnopqrstuvwxyz"[seen[label]] if n > 1 else "")
 
     class AuthorYear(Unsrt):
         default_label_style = AuthorYearLabels

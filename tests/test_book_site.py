@@ -54,11 +54,13 @@ def test_bibliography_labels_are_author_year_in_utf8():
 @article{b, author = {Ho, J. and Jain, A. and Abbeel, P.}, title = {T}, journal = {J}, year = {2020}}
 @article{c, author = {Song, Y. and Ermon, S.}, title = {T}, journal = {J}, year = {2019}}
 @book{d, author = {Øksendal, Bernt}, title = {T}, publisher = {P}, year = {2003}}
+@article{e1, author = {Song, Y. and Sohl, J. and Kingma, D.}, title = {B}, journal = {J}, year = {2021}}
+@article{e2, author = {Song, J. and Meng, C. and Ermon, S.}, title = {A}, journal = {J}, year = {2021}}
 """, "bibtex")
     style = find_plugin("pybtex.style.formatting", "authoryear")()
     labels = {e.key: e.label for e in style.format_entries(bib.entries.values())}
     assert labels == {"a": "Hyvärinen 2005", "b": "Ho et al. 2020", "c": "Song and Ermon 2019",
-                      "d": "Øksendal 2003"}
+                      "d": "Øksendal 2003", "e1": "Song et al. 2021b", "e2": "Song et al. 2021a"}
 
 
 def test_references_bib_names_are_utf8():
