@@ -87,3 +87,13 @@ def test_image_grid_of_many_columns_fits():
     x = np.zeros((40, 1, 8, 8), dtype=np.float32)
     ax = plotting.image_grid(x, nrow=40)
     assert plotting.natural_width_px(ax.figure) <= limit_px()
+
+
+def test_slider_still_works_on_a_live_kernel():
+    pytest.importorskip("ipywidgets")
+    drawn = []
+    widget = cp.widgets.slider(lambda v, ax: drawn.append(v), [0.0, 0.5, 1.0])
+    slider = widget.children[0]
+    assert (slider.min, slider.max) == (0, 2)
+    slider.value = 2          # moving the slider redraws at that value
+    assert drawn[-1] == 1.0
