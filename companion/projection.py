@@ -254,6 +254,18 @@ class ErrorModel:
         e = self.eta.reshape(-1)
         return torch.quantile(e[torch.isfinite(e)].double(), q).item()
 
+    def eta_within(self, nu: float, q: float = 1.0) -> float:
+        r"""The ``q``-quantile of η over the points *inside* the ν band, :math:`1/ν \le` ratio :math:`\le ν`.
+
+        The error model only asks for η where the band condition holds, so this is the η that goes
+        with a given ν (NaN if no point is inside the band).
+        """
+        if isinstance(nu, bool) or not isinstance(nu, (int, float)) or not nu >= 1:
+            raise ValueError(f"nu must be a number >= 1, got {nu!r}")
+        r, e = self.ratio.reshape(-1), self.eta.reshape(-1)
+        inside = (r >= 1 / nu) & (r <= nu) & torch.isfinite(e)
+        return torch.quantile(e[inside].double(), q).item() if inside.any() else float("nan")
+
 
 def error_model(xs, sigmas, denoised, data) -> ErrorModel:
     r"""Estimate the paper's relative-error model (ν, η) along recorded trajectories.
@@ -301,21 +313,22 @@ SCHEDULES = {
     "EDM (ρ = 7)": ("karras", {}),
     "log-linear 157→0.01": ("loglinear", {}),
     "log-linear 12.3→0.1": ("loglinear", dict(sigma_min=0.1, sigma_max=12.3)),
+    "log-linear 12.3→0.1→0": ("loglinear", dict(sigma_min=0.1, sigma_max=12.3, to_zero=True)),
 }
 
 
-def _steps(spacing: str, nfe: int, heun: bool) -> int:
+def _steps(spacing: str, nfe: int, heun: bool, to_zero: bool) -> int:
     """Steps of a schedule that fit ``nfe`` calls (Heun: 2 per step, 1 for a final step to σ = 0)."""
     if not heun:
         return nfe
-    steps = (nfe + 1) // 2 if spacing != "loglinear" else nfe // 2
+    steps = (nfe + 1) // 2 if to_zero else nfe // 2
     if steps < 1:
         raise ValueError(f"nfe = {nfe} is too small for Heun on the {spacing!r} spacing (needs 2 calls)")
     return steps
 
 
 def budget_schedule(spacing: str, nfe: int, heun: bool = False, sigma_min: float | None = None,
-                    sigma_max: float | None = None) -> torch.Tensor:
+                    sigma_max: float | None = None, to_zero: bool | None = None) -> torch.Tensor:
     r"""The noise levels a sampler visits when it may call the denoiser ``nfe`` times.
 
     Spacings (Permenter & Yuan 2024, Sec. 6, the rows of their schedule table):
@@ -330,13 +343,14 @@ def budget_schedule(spacing: str, nfe: int, heun: bool = False, sigma_min: float
     * ``"loglinear"``: N + 1 levels evenly spaced in log σ from ``sigma_max`` (default DDPM's
       :math:`σ_T ≈ 157`) to ``sigma_min`` (default 0.01 ≈ DDPM's :math:`σ_1`), *without* a final 0: the
       N steps end at ``sigma_min`` and no call is made there (Algorithm 2's
-      :math:`σ_N > \dots > σ_0 > 0`).
+      :math:`σ_N > \dots > σ_0 > 0`); with ``to_zero=True`` instead N levels from ``sigma_max`` to
+      ``sigma_min`` and then 0, so the last call, at ``sigma_min``, takes the step to σ = 0.
 
     For the (γ, μ) family of :func:`companion.samplers.sample` (``heun=False``) the schedule has N =
     ``nfe`` steps, one denoiser call each (a last step to σ = 0 is a call like any other). For EDM's
     Heun sampler (``heun=True``) each step costs two calls except a final Euler step to σ = 0: on the
     spacings ending with 0 it gets k = ⌈nfe/2⌉ steps (2k − 1 calls), on ``"loglinear"`` k = ⌊nfe/2⌋
-    (2k calls); so NFE ≤ ``nfe``, one less for some parities.
+    (2k calls; with ``to_zero``, like the others); so NFE ≤ ``nfe``, one less for some parities.
 
     Args:
         spacing: one of :data:`SPACINGS`.
@@ -344,6 +358,8 @@ def budget_schedule(spacing: str, nfe: int, heun: bool = False, sigma_min: float
         heun: the schedule for :func:`companion.samplers.heun` instead.
         sigma_min, sigma_max: end points of ``"loglinear"`` and ``"karras"`` (None: the defaults above;
             the DDPM spacings have fixed levels and reject them).
+        to_zero: end ``"loglinear"`` with a step to σ = 0 (the other spacings always do; None: the
+            spacing's default).
 
     Returns:
         Descending 1-D float tensor (``steps + 1`` levels).
@@ -354,7 +370,10 @@ def budget_schedule(spacing: str, nfe: int, heun: bool = False, sigma_min: float
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe <= 0:
         raise ValueError(f"nfe must be a positive int, got {nfe!r}")
-    steps = _steps(spacing, nfe, heun)
+    if to_zero is not None and spacing != "loglinear":
+        raise ValueError(f"to_zero applies to the 'loglinear' spacing only; {spacing!r} always ends with 0")
+    to_zero = spacing != "loglinear" or bool(to_zero)
+    steps = _steps(spacing, nfe, heun, to_zero)
     if spacing.startswith("ddpm"):
         if sigma_min is not None or sigma_max is not None:
             raise ValueError(f"sigma_min/sigma_max do not apply to the {spacing!r} spacing (fixed levels)")
@@ -363,7 +382,8 @@ def budget_schedule(spacing: str, nfe: int, heun: bool = False, sigma_min: float
         return samplers.karras(steps, 0.002 if sigma_min is None else sigma_min,
                                80.0 if sigma_max is None else sigma_max)
     hi = float(samplers.ddpm(1000, append_zero=False)[0]) if sigma_max is None else sigma_max
-    return samplers.loglinear(steps + 1, 0.01 if sigma_min is None else sigma_min, hi, append_zero=False)
+    lo = 0.01 if sigma_min is None else sigma_min
+    return samplers.loglinear(steps, lo, hi) if to_zero else samplers.loglinear(steps + 1, lo, hi, append_zero=False)
 
 
 #: the samplers compared in Chapter 8: (γ, μ) of :func:`companion.samplers.sample`, or ``"heun"``
@@ -384,7 +404,7 @@ def _params(sampler):
 
 
 def run_sampler(D, sampler, spacing: str, nfe: int, noise, generator: torch.Generator | None = None,
-                sigma_min: float | None = None, sigma_max: float | None = None):
+                sigma_min: float | None = None, sigma_max: float | None = None, to_zero: bool | None = None):
     r"""Draw samples with one sampler and spacing under a budget of ``nfe`` denoiser calls.
 
     Starts from :math:`x_N = σ_{\max}\,z` with the given standard-normal ``noise`` z (pass the same
@@ -400,7 +420,7 @@ def run_sampler(D, sampler, spacing: str, nfe: int, noise, generator: torch.Gene
         nfe: budget of denoiser calls.
         noise: ``(B, *shape)`` standard normal start.
         generator: for the stochastic samplers (μ > 0).
-        sigma_min, sigma_max: end points of the ``"loglinear"``/``"karras"`` spacings (see
+        sigma_min, sigma_max, to_zero: end points of the ``"loglinear"``/``"karras"`` spacings (see
             :func:`budget_schedule`).
 
     Returns:
@@ -410,7 +430,8 @@ def run_sampler(D, sampler, spacing: str, nfe: int, noise, generator: torch.Gene
 
     params = _params(sampler)
     heun = params == "heun"
-    sigmas = budget_schedule(spacing, nfe, heun=heun, sigma_min=sigma_min, sigma_max=sigma_max)
+    sigmas = budget_schedule(spacing, nfe, heun=heun, sigma_min=sigma_min, sigma_max=sigma_max,
+                             to_zero=to_zero)
     rec = Recorder(D, keep=False)
     noise = as_tensor(noise, "noise")
     with torch.inference_mode():

@@ -127,6 +127,18 @@ def test_error_model_of_the_exact_projection_has_zero_eta():
     assert torch.allclose(P.error_model(xs, sig, xs, data).eta, torch.ones(3, 5, dtype=DT))
 
 
+def test_eta_within_the_nu_band():
+    ratio = torch.tensor([[0.1, 0.5, 1.0, 2.0, 10.0]])
+    eta = torch.tensor([[9.0, 0.2, 0.1, 0.4, 7.0]])
+    em = P.ErrorModel(torch.ones(1, 5), ratio, eta)
+    assert em.eta_within(2.0) == pytest.approx(0.4)        # only the three points with 1/2 <= ratio <= 2
+    assert em.eta_within(2.0, 0.5) == pytest.approx(0.2)
+    assert em.eta_within(10.0) == pytest.approx(9.0) and em.eta_max() == pytest.approx(9.0)
+    assert math.isnan(P.ErrorModel(torch.ones(1, 1), torch.tensor([[5.0]]), torch.ones(1, 1)).eta_within(2.0))
+    with pytest.raises(ValueError, match="nu"):
+        em.eta_within(0.5)
+
+
 def test_recorder_counts_and_records_a_hand_written_ddim():
     data = torch.tensor([[1.0, 0.0], [-1.0, 2.0]], dtype=DT)
     rec = P.Recorder(_ideal(data))
