@@ -255,7 +255,7 @@ class ErrorModel:
         return torch.quantile(e[torch.isfinite(e)].double(), q).item()
 
     def eta_within(self, nu: float, q: float = 1.0) -> float:
-        r"""The ``q``-quantile of η over the points *inside* the ν band, :math:`1/ν \le` ratio :math:`\le ν`.
+        r"""The ``q``-quantile of η over the points inside the ν band, :math:`1/ν \le r \le ν` (r = ratio).
 
         The error model only asks for η where the band condition holds, so this is the η that goes
         with a given ν (NaN if no point is inside the band).
@@ -383,7 +383,9 @@ def budget_schedule(spacing: str, nfe: int, heun: bool = False, sigma_min: float
                                80.0 if sigma_max is None else sigma_max)
     hi = float(samplers.ddpm(1000, append_zero=False)[0]) if sigma_max is None else sigma_max
     lo = 0.01 if sigma_min is None else sigma_min
-    return samplers.loglinear(steps, lo, hi) if to_zero else samplers.loglinear(steps + 1, lo, hi, append_zero=False)
+    if to_zero:
+        return samplers.loglinear(steps, lo, hi)
+    return samplers.loglinear(steps + 1, lo, hi, append_zero=False)
 
 
 #: the samplers compared in Chapter 8: (γ, μ) of :func:`companion.samplers.sample`, or ``"heun"``
