@@ -251,3 +251,30 @@ def test_recipe_digits_unet_lik_runs(tmp_path):
     assert loaded.target == "eps" and model.metrics["n_train"] == 1500
     x = cp.data.digits()[0][:2]
     assert torch.isfinite(L.elbo(loaded, x, 0.01, 80.0, n_samples=2, generator=gen()).elbo).all()
+
+
+# ------------------------------------------------------------------------------------ exercise checker
+def test_check_divergence_accepts_a_correct_answer_and_rejects_wrong_ones():
+    def loop_divergence(f, x):  # one autograd pass per coordinate, as in the chapter's solution
+        x = x.detach().requires_grad_(True)
+        y = f(x).flatten(1)
+        xf = x
+        total = torch.zeros(x.shape[0], dtype=x.dtype)
+        for i in range(y.shape[1]):
+            (gi,) = torch.autograd.grad(y[:, i].sum(), xf, retain_graph=True)
+            total = total + gi.flatten(1)[:, i]
+        return total
+
+    assert cp.exercises.check_divergence(loop_divergence, quiet=True)
+
+    def all_entries(f, x):  # sums the whole Jacobian instead of its diagonal
+        x = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(f(x).sum(), x)
+        return g.flatten(1).sum(1)
+
+    def unfinished(f, x):
+        raise NotImplementedError
+
+    assert not cp.exercises.check_divergence(all_entries, quiet=True)
+    assert not cp.exercises.check_divergence(unfinished, quiet=True)
+    assert not cp.exercises.check_divergence(lambda f, x: x.flatten(1).sum(1)[:1], quiet=True)
