@@ -218,3 +218,21 @@ def test_shipped_classifier_accuracy_on_the_held_out_digits():
     acc = training.accuracy(clf, images[held_out], labels[held_out])
     assert acc >= 0.95
     assert acc == pytest.approx(clf.checkpoint["metrics"]["heldout_accuracy"])
+
+
+@pytest.mark.parametrize("weight", TARGETS)
+def test_dsm_loss_weight_of_another_target(weight):
+    """weight= keeps the model's parameterisation and takes ω(σ) from another target."""
+    from companion.denoisers import loss_weight
+
+    torch.manual_seed(2)
+    D = _mlp_denoiser(target="eps")
+    x0, eps = torch.randn(16, 2), torch.randn(16, 2)
+    sigma = torch.exp(torch.randn(16))
+    err = ((D(x0 + sigma[:, None] * eps, sigma) - x0) ** 2).mean(1)
+    expected = (loss_weight(weight, sigma, 1.0) * err).mean()
+    torch.testing.assert_close(training.dsm_loss(D, x0, sigma, eps, weight=weight), expected, rtol=1e-4, atol=1e-6)
+    if weight != "eps":
+        assert not torch.allclose(training.dsm_loss(D, x0, sigma, eps, weight=weight), training.dsm_loss(D, x0, sigma, eps))
+    with pytest.raises(ValueError, match="weight"):
+        training.train(D, x0, steps=1, weight="velocity", progress=False)
