@@ -34,7 +34,7 @@ from . import reverse
 from ._checks import as_tensor, check_positive_int
 
 __all__ = ["Tracked", "track", "mixture_divergence", "divergence", "denoiser_score", "prior_log_prob",
-           "ode_log_likelihood", "high_density_sample", "gaussian_euler_law"]
+           "high_density_sample", "gaussian_euler_law"]
 
 
 class Tracked(NamedTuple):
@@ -154,26 +154,21 @@ def mixture_divergence(gmm, process) -> Callable:
 
 def divergence(score: Callable, method: str = "exact", n_probes: int = 1,
                generator: torch.Generator | None = None) -> Callable:
-    r"""``div(x, t)`` ``(B,)`` of a score function by autograd: ``"exact"`` (D backward passes:
-    ``Σ_i ∂s_i/∂x_i``) or ``"hutchinson"`` (``mean over probes of z·(∂s/∂x) z`` with Rademacher z, unbiased;
-    Hutchinson 1989, as in FFJORD, Grathwohl et al. 2019)."""
+    r"""``div(x, t)`` ``(B,)`` of a score function ``score(x, t)`` ``(B, D)`` at fixed t, through Chapter 4's
+    :func:`companion.likelihood.exact_divergence` (``"exact"``: D probe passes) or the mean of ``n_probes``
+    :func:`companion.likelihood.hutchinson_divergence` estimates (``"hutchinson"``; fresh Rademacher probes
+    at every call, Hutchinson 1989)."""
+    from . import likelihood
+
     if method not in ("exact", "hutchinson"):
         raise ValueError(f"method must be 'exact' or 'hutchinson', got {method!r}")
     check_positive_int(n_probes, "n_probes")
 
     def div(x, t):
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            s = score(xg, t)
-            if method == "exact":
-                cols = [torch.autograd.grad(s[:, i].sum(), xg, retain_graph=True)[0][:, i] for i in range(x.shape[1])]
-                return torch.stack(cols, 1).sum(1).detach()
-            total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-            for k in range(n_probes):
-                z = torch.randint(0, 2, x.shape, generator=generator).to(x.device, x.dtype) * 2 - 1
-                (jz,) = torch.autograd.grad(s, xg, grad_outputs=z, retain_graph=k < n_probes - 1)
-                total = total + (jz * z).sum(1)
-            return (total / n_probes).detach()
+        f = lambda y: score(y, t)  # noqa: E731
+        if method == "exact":
+            return likelihood.exact_divergence(f, x)
+        return likelihood.hutchinson_divergence(f, x, n_probes, generator).mean(0)
 
     return div
 
@@ -203,15 +198,6 @@ def prior_log_prob(x, process, t: float = 1.0) -> torch.Tensor:
     return -0.5 * ((x**2).sum(1) / var + x.shape[1] * math.log(2 * math.pi * var))
 
 
-def ode_log_likelihood(score: Callable, process, x0, n_steps: int, divergence: Callable,
-                       t_start: float = 1e-3, t_end: float = 1.0) -> torch.Tensor:
-    r"""PF-ODE log-likelihood ``log p_{t_start}(x0)`` ``(B,)``: :func:`track` forwards with λ = 0 from
-    ``t_start`` to ``t_end`` (Euler) accumulates ``Δ = log p_{t_end}(x_T) − log p_{t_start}(x0)``, and
-    ``log p_{t_start}(x0) = prior_log_prob(x_T) − Δ`` (Chen et al. 2018; Song et al. 2021)."""
-    out = track(score, process, x0, 0.0, n_steps, lam=0.0, divergence=divergence, t_start=t_start, t_end=t_end)
-    return prior_log_prob(out.x, process, t_end) - out.log_p
-
-
 def high_density_sample(score: Callable, process, x1, n_steps: int, t_threshold: float, lam: float = 0.0,
                         t_start: float = 1.0, t_end: float = 1e-3, generator: torch.Generator | None = None):
     r"""The high-density sampler of Karczewski et al. (2025): the λ-family (λ = 0: PF-ODE start, 1: SDE start)
@@ -239,11 +225,11 @@ def high_density_sample(score: Callable, process, x1, n_steps: int, t_threshold:
 
 
 def gaussian_euler_law(process, mu, tau: float, mean1, var1: float, n_steps: int, t_start: float = 1.0,
-                       t_end: float = 1e-3):
-    r"""Exact law of the Euler–Maruyama reverse-SDE chain driven by the score of Gaussian data
-    ``N(mu, tau² I)`` (possibly *not* the data the chain starts from), started at ``N(mean1, var1 I)``.
+                       t_end: float = 1e-3, score_scale: float = 1.0):
+    r"""Exact law of the Euler–Maruyama reverse-SDE chain driven by ``score_scale`` times the score of Gaussian
+    data ``N(mu, tau² I)`` (possibly *not* the data the chain starts from), started at ``N(mean1, var1 I)``.
 
-    That score is linear, ``s(x, t) = −(x − s_t mu)/(s_t²(tau² + σ_t²))``, so every step
+    That score is linear, ``s(x, t) = −c (x − s_t mu)/(s_t²(tau² + σ_t²))`` with ``c = score_scale``, so every step
     ``x ← x + (f x − g² s) Δt + g √|Δt| z`` keeps the chain Gaussian, ``N(m_k, V_k I)`` with
     ``m_{k+1} = α m_k + β``, ``V_{k+1} = α² V_k + g²|Δt|``. Returns ``(ts, m, V)`` of shapes
     ``(N + 1,)``, ``(N + 1, D)``, ``(N + 1,)`` (float64): ∇log p^SDE at step k is ``−(x − m_k)/V_k``.
@@ -251,6 +237,7 @@ def gaussian_euler_law(process, mu, tau: float, mean1, var1: float, n_steps: int
     check_positive_int(n_steps, "n_steps")
     _number(tau, "tau")
     _number(var1, "var1", positive=True)
+    _number(score_scale, "score_scale")
     mu = as_tensor(mu, "mu", dtype=torch.float64)
     m = as_tensor(mean1, "mean1", dtype=torch.float64).expand_as(mu).clone()
     V = float(var1)
@@ -259,7 +246,7 @@ def gaussian_euler_law(process, mu, tau: float, mean1, var1: float, n_steps: int
     for k in range(n_steps):
         t, dt = ts[k], float(ts[k + 1] - ts[k])
         s, sig, f, g = (float(v(t)) for v in (process.s, process.sigma, process.f, process.g))
-        K = s**2 * (tau**2 + sig**2)
+        K = s**2 * (tau**2 + sig**2) / score_scale
         alpha = 1 + (f + g**2 / K) * dt
         m = alpha * m - g**2 * s * mu / K * dt
         V = alpha**2 * V + g**2 * abs(dt)
