@@ -33,7 +33,7 @@ import torch
 from . import reverse
 from ._checks import as_tensor, check_positive_int
 
-__all__ = ["Tracked", "track", "mixture_divergence", "divergence", "denoiser_score", "prior_log_prob",
+__all__ = ["Tracked", "log_density_increment", "track", "mixture_divergence", "divergence", "denoiser_score", "prior_log_prob",
            "high_density_sample", "gaussian_euler_law"]
 
 
@@ -56,6 +56,29 @@ def _number(v, name, positive=False):
             positive and v == 0):
         raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
     return float(v)
+
+
+def log_density_increment(score, dw, f: float, g: float, dt: float, lam: float = 1.0, noise: float | None = None,
+                          div=None) -> torch.Tensor:
+    r"""One Euler–Maruyama step of ``log p_t(x_t)`` along the λ-family (module docstring), ``(B,)`` float64:
+
+    ``[−f D + ½(1 + d ν²) g² div + (½ − c) g² ‖s‖²] Δt + ν g s·dw``, ``c = ½(1 − d λ²)``, ``d = sign(Δt)``.
+
+    Args:
+        score: ``s = ∇log p_t(x)`` ``(B, D)`` at the state before the step; dw: the step's Brownian increment
+            ``√|Δt| z`` ``(B, D)``; f, g: the process's coefficients at ``t_k``; dt: Δt (negative backwards);
+        lam, noise: λ and ν (default λ); div: ``div s`` ``(B,)``, required unless ``1 + d ν² = 0``.
+    """
+    d = 1.0 if dt > 0 else -1.0
+    nu = lam if noise is None else noise
+    c, a = 0.5 * (1.0 - d * lam**2), 0.5 * (1.0 + d * nu**2)
+    s64 = score.double()
+    inc = (-f * s64.shape[1] + (0.5 - c) * g**2 * (s64**2).sum(1)) * dt + nu * g * (s64 * dw.double()).sum(1)
+    if a != 0:
+        if div is None:
+            raise ValueError(f"div is required: its coefficient ½(1 + d ν²) = {a:g} is not 0")
+        inc = inc + a * g**2 * torch.as_tensor(div).double() * dt
+    return inc
 
 
 def track(score: Callable, process, x1, log_p1, n_steps: int, lam: float = 1.0, noise: float | None = None,
@@ -111,13 +134,10 @@ def track(score: Callable, process, x1, log_p1, n_steps: int, lam: float = 1.0, 
     def step(x, t, dt, s, dw):
         t64 = torch.tensor(t, dtype=torch.float64)
         f, g = float(process.f(t64)), float(process.g(t64))
-        s64, x64 = s.double(), x.double()
-        inc = (-f * D + (0.5 - c) * g**2 * (s64**2).sum(1)) * dt + nu * g * (s64 * dw.double()).sum(1)
-        if a != 0:
-            inc = inc + a * g**2 * divergence(x, t).double() * dt
-        state["log_p"] = state["log_p"] + inc
+        div = divergence(x, t) if a != 0 else None
+        state["log_p"] = state["log_p"] + log_density_increment(s, dw, f, g, dt, lam, nu, div)
         if reference_score is not None:
-            err = ((s64 - reference_score(x, t).double()) ** 2).sum(1)
+            err = ((s.double() - reference_score(x, t).double()) ** 2).sum(1)
             state["bias"] = state["bias"] + 0.5 * g**2 * err * abs(dt)
         if return_path:
             history.append(state["log_p"])

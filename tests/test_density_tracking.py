@@ -221,3 +221,12 @@ def test_patches_recipe_runs(tmp_path):
     loaded = cp.training.load(path)
     x = torch.randn(2, 1, 8, 8)
     torch.testing.assert_close(loaded(x, 0.5), model(x, 0.5))
+
+
+def test_log_density_step_checker():
+    right = lambda lp, s, dw, f, g, dt: lp + (-f * s.shape[1] - 0.5 * g**2 * (s**2).sum(1)) * dt + g * (s * dw).sum(1)  # noqa: E731
+    assert cp.exercises.check_log_density_step(right, quiet=True)
+    ode_sign = lambda lp, s, dw, f, g, dt: lp + (-f * s.shape[1] + 0.5 * g**2 * (s**2).sum(1)) * dt + g * (s * dw).sum(1)  # noqa: E731
+    assert not cp.exercises.check_log_density_step(ode_sign, quiet=True)
+    no_noise = lambda lp, s, dw, f, g, dt: lp + (-f * s.shape[1] - 0.5 * g**2 * (s**2).sum(1)) * dt  # noqa: E731
+    assert not cp.exercises.check_log_density_step(no_noise, quiet=True)
