@@ -133,6 +133,15 @@ def test_mode_tracking_ode_is_reverse_drift_without_noise():
         t, h = ts[k], float(ts[k + 1] - ts[k])
         y = y + (float(vp.f(t)) * y - float(vp.g(t)) ** 2 * score(y, float(t))) * h
     torch.testing.assert_close(rv.integrate(score, vp, x1, 20, lam=1.0, noise=0.0), y)
+    # a noise scale apart from λ: drift coefficient ½(1 + λ²) with λ = 0.5, noise ν = 1.5
+    y2, gen = x1, torch.Generator().manual_seed(7)
+    for k in range(20):
+        t, h = ts[k], float(ts[k + 1] - ts[k])
+        z = torch.randn(y2.shape, generator=gen, dtype=F64)
+        y2 = y2 + (float(vp.f(t)) * y2 - 0.625 * float(vp.g(t)) ** 2 * score(y2, float(t))) * h \
+            + 1.5 * float(vp.g(t)) * math.sqrt(-h) * z
+    torch.testing.assert_close(rv.integrate(score, vp, x1, 20, lam=0.5, noise=1.5,
+                                            generator=torch.Generator().manual_seed(7)), y2)
     torch.testing.assert_close(dt.high_density_sample(score, vp, x1, 20, t_threshold=1.0), y)
     ordinary = rv.integrate(score, vp, x1, 20, lam=1.0, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(dt.high_density_sample(score, vp, x1, 20, 1e-3, lam=1.0,
@@ -213,14 +222,6 @@ def test_bad_inputs():
         cp.metrics.zlib_size(torch.zeros(8, 8))
     with pytest.raises(ValueError, match="level"):
         cp.metrics.zlib_size(torch.zeros(1, 8, 8), level=12)
-
-
-def test_patches_recipe_runs(tmp_path):
-    model = cp.training.RECIPES["patches_unet"]({"steps": 3, "n_train": 64}, progress=False)
-    path = cp.training.save(model, tmp_path / "p.pt", "patches_unet", model.config)
-    loaded = cp.training.load(path)
-    x = torch.randn(2, 1, 8, 8)
-    torch.testing.assert_close(loaded(x, 0.5), model(x, 0.5))
 
 
 def test_log_density_step_checker():
