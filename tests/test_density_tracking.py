@@ -231,3 +231,18 @@ def test_log_density_step_checker():
     assert not cp.exercises.check_log_density_step(ode_sign, quiet=True)
     no_noise = lambda lp, s, dw, f, g, dt: lp + (-f * s.shape[1] - 0.5 * g**2 * (s**2).sum(1)) * dt  # noqa: E731
     assert not cp.exercises.check_log_density_step(no_noise, quiet=True)
+
+
+def test_tracking_with_a_network_runs_on_the_device_of_its_input():
+    """The meta device stands in for a GPU: the tracker, a denoiser's score and the HD sampler stay on it.
+    (The denoiser is the ideal one of N(0, I) data, D = x/(1 + σ²): ``nets.Denoiser`` itself reads σ with
+    ``.item()``, which the meta device cannot.)"""
+    net = lambda x, sigma: x / (1 + sigma**2)  # noqa: E731
+    ve = cp.sde.VE(0.002, 80.0)
+    score = dt.denoiser_score(net, ve, (1, 8, 8))
+    x1 = torch.randn(3, 64, device="meta")
+    with torch.no_grad():
+        out = dt.track(score, ve, x1, dt.prior_log_prob(x1, ve), 3, t_end=0.5)
+        hd = dt.high_density_sample(score, ve, x1, 3, t_threshold=0.8, t_end=0.5)
+    assert out.x.device.type == out.log_p.device.type == hd.device.type == "meta"
+    assert out.log_p.shape == (3,) and hd.shape == (3, 64)
