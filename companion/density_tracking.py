@@ -84,7 +84,7 @@ def log_density_increment(score, dw, f: float, g: float, dt: float, lam: float =
 def track(score: Callable, process, x1, log_p1, n_steps: int, lam: float = 1.0, noise: float | None = None,
           divergence: Callable | None = None, t_start: float = 1.0, t_end: float = 1e-3,
           generator: torch.Generator | None = None, reference_score: Callable | None = None,
-          return_path: bool = False) -> Tracked:
+          return_path: bool = False, progress: bool = False) -> Tracked:
     r"""Integrate the augmented system ``(x_t, log p_t(x_t))`` with Euler–Maruyama (module docstring).
 
     x moves exactly as in ``cp.reverse.integrate(score, process, x1, n_steps, lam=lam, noise=noise, ...)``
@@ -105,6 +105,7 @@ def track(score: Callable, process, x1, log_p1, n_steps: int, lam: float = 1.0, 
         generator: for the noise.
         reference_score: optional ``s_ref(x, t)``; accumulates ``½ Σ g² ‖s − s_ref‖² |Δt|`` (the bias integral).
         return_path: also return times, path and the tracked values along it.
+        progress: show a tqdm bar over the steps.
 
     Returns:
         :class:`Tracked`.
@@ -143,7 +144,7 @@ def track(score: Callable, process, x1, log_p1, n_steps: int, lam: float = 1.0, 
             history.append(state["log_p"])
 
     out = reverse.integrate(score, process, x1, n_steps, lam=lam, noise=nu, t_start=t_start, t_end=t_end,
-                            generator=generator, return_path=return_path, callback=step)
+                            generator=generator, return_path=return_path, callback=step, progress=progress)
     if return_path:
         x, ts, path = out
         return Tracked(x, state["log_p"], state["bias"], ts, path, torch.stack(history))

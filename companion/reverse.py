@@ -21,6 +21,7 @@ import math
 from typing import Callable
 
 import torch
+from tqdm.auto import trange
 
 from ._checks import as_tensor, check_positive_int
 
@@ -71,6 +72,7 @@ def integrate(
     return_path: bool = False,
     noise: float | None = None,
     callback: Callable | None = None,
+    progress: bool = False,
 ):
     r"""Integrate the λ-family from ``t_start`` to ``t_end`` with ``n_steps`` equal time steps.
 
@@ -101,6 +103,7 @@ def integrate(
         return_path: also return the times ``(N + 1,)`` and the path ``(N + 1, B, D)``.
         noise: the noise scale ν ≥ 0 (default λ): the noise term is ``ν g √|Δt| z``.
         callback: optional ``callback(x, t, dt, score, dw)`` (Euler only), see above.
+        progress: show a tqdm bar over the steps.
 
     Returns:
         x at ``t_end`` ``(B, D)``, or ``(x, ts, path)`` when ``return_path``.
@@ -134,7 +137,7 @@ def integrate(
 
     ts = torch.linspace(t_start, t_end, n_steps + 1, dtype=torch.float64)
     path = [x] if return_path else None
-    for k in range(n_steps):
+    for k in trange(n_steps, disable=not progress, leave=False, desc="integrate"):
         t, t_next = float(ts[k]), float(ts[k + 1])
         dt = t_next - t
         sc = score(x, t)
