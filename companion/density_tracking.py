@@ -2,16 +2,16 @@ r"""Log-density along stochastic and deterministic sampling, its bias, and the h
 (Karczewski, Heinonen & Garg, "Diffusion models as cartoonists", ICLR 2025; Chapter 5).
 
 **Tracking.** Along any member of the λ-family integrated by :func:`companion.reverse.integrate`,
-``dx = [f x − c g² s] dt + ν g dW`` with ``s = ∇log p_t``, ``c = ½(1 − d λ²)``, ``d = sign(dt)`` and
-noise scale ν (default λ), Itô's formula for ``log p_t(x_t)`` and the Fokker–Planck equation
+``dx = [f x − c g² s] dt + ζ g dW`` with ``s = ∇log p_t``, ``c = ½(1 − d λ²)``, ``d = sign(dt)`` and
+noise scale ζ (default λ), Itô's formula for ``log p_t(x_t)`` and the Fokker–Planck equation
 ``∂_t log p = −f D − f x·s + ½ g² (div s + ‖s‖²)`` give
 
-.. math::  d\log p_t(x_t) = \Big[-f D + \tfrac12 (1 + d\nu^2)\, g^2 \operatorname{div} s
-           + (\tfrac12 - c)\, g^2 \|s\|^2\Big] dt + \nu\, g\, s\cdot dW .
+.. math::  d\log p_t(x_t) = \Big[-f D + \tfrac12 (1 + d\zeta^2)\, g^2 \operatorname{div} s
+           + (\tfrac12 - c)\, g^2 \|s\|^2\Big] dt + \zeta\, g\, s\cdot dW .
 
-For the reverse SDE (d = −1, λ = ν = 1) the divergence drops out: ``d log p = [−f D − ½ g²‖s‖²] dt + g s·dW``
+For the reverse SDE (d = −1, λ = ζ = 1) the divergence drops out: ``d log p = [−f D − ½ g²‖s‖²] dt + g s·dW``
 with the *same* Brownian increment that moves x (the paper's theorem): tracking costs the score alone.
-For the probability-flow ODE (λ = ν = 0) it is the familiar ``[−f D + ½ g² div s] dt`` (Chen et al. 2018).
+For the probability-flow ODE (λ = ζ = 0) it is the familiar ``[−f D + ½ g² div s] dt`` (Chen et al. 2018).
 :func:`track` integrates x with :func:`companion.reverse.integrate` and carries ``log p`` along through its
 per-step callback (one Euler step of the formula above, with the score the x step used).
 
@@ -62,12 +62,12 @@ def log_density_increment(score, dw, f: float, g: float, dt: float, lam: float =
                           div=None) -> torch.Tensor:
     r"""One Euler–Maruyama step of ``log p_t(x_t)`` along the λ-family (module docstring), ``(B,)`` float64:
 
-    ``[−f D + ½(1 + d ν²) g² div + (½ − c) g² ‖s‖²] Δt + ν g s·dw``, ``c = ½(1 − d λ²)``, ``d = sign(Δt)``.
+    ``[−f D + ½(1 + d ζ²) g² div + (½ − c) g² ‖s‖²] Δt + ζ g s·dw``, ``c = ½(1 − d λ²)``, ``d = sign(Δt)``.
 
     Args:
         score: ``s = ∇log p_t(x)`` ``(B, D)`` at the state before the step; dw: the step's Brownian increment
             ``√|Δt| z`` ``(B, D)``; f, g: the process's coefficients at ``t_k``; dt: Δt (negative backwards);
-        lam, noise: λ and ν (default λ); div: ``div s`` ``(B,)``, required unless ``1 + d ν² = 0``.
+        lam, noise: λ and ζ (default λ); div: ``div s`` ``(B,)``, required unless ``1 + d ζ² = 0``.
     """
     d = 1.0 if dt > 0 else -1.0
     nu = lam if noise is None else noise
@@ -76,7 +76,7 @@ def log_density_increment(score, dw, f: float, g: float, dt: float, lam: float =
     inc = (-f * s64.shape[1] + (0.5 - c) * g**2 * (s64**2).sum(1)) * dt + nu * g * (s64 * dw.double()).sum(1)
     if a != 0:
         if div is None:
-            raise ValueError(f"div is required: its coefficient ½(1 + d ν²) = {a:g} is not 0")
+            raise ValueError(f"div is required: its coefficient ½(1 + d ζ²) = {a:g} is not 0")
         inc = inc + a * g**2 * torch.as_tensor(div).double() * dt
     return inc
 
@@ -90,7 +90,7 @@ def track(score: Callable, process, x1, log_p1, n_steps: int, lam: float = 1.0, 
     x moves exactly as in ``cp.reverse.integrate(score, process, x1, n_steps, lam=lam, noise=noise, ...)``
     (same steps, same noise for the same ``generator``); each step adds to ``log p``
 
-    ``[−f D + ½(1 + d ν²) g² div s(x, t_k) + (½ − c) g² ‖s(x, t_k)‖²] Δt + ν g s(x, t_k)·√|Δt| z``.
+    ``[−f D + ½(1 + d ζ²) g² div s(x, t_k) + (½ − c) g² ‖s(x, t_k)‖²] Δt + ζ g s(x, t_k)·√|Δt| z``.
 
     Args:
         score: ``score(x, t)`` ``(B, D)`` → ``(B, D)``.
@@ -98,9 +98,9 @@ def track(score: Callable, process, x1, log_p1, n_steps: int, lam: float = 1.0, 
         x1: start points ``(B, D)`` at ``t_start``; log_p1: their ``log p_{t_start}`` ``(B,)`` (or a number).
         n_steps: number of equal time steps.
         lam: λ ≥ 0 of the drift (1: reverse SDE, 0: probability-flow ODE).
-        noise: noise scale ν (default λ); ``lam=1, noise=0`` is the mode-tracking ODE.
+        noise: noise scale ζ (default λ); ``lam=1, noise=0`` is the mode-tracking ODE.
         divergence: ``divergence(x, t)`` → ``(B,)``, the divergence of ``score``; required unless its
-            coefficient ``½(1 + d ν²)`` vanishes (the reverse SDE with ν = 1).
+            coefficient ``½(1 + d ζ²)`` vanishes (the reverse SDE with ζ = 1).
         t_start, t_end: as in :func:`companion.reverse.integrate` (either direction).
         generator: for the noise.
         reference_score: optional ``s_ref(x, t)``; accumulates ``½ Σ g² ‖s − s_ref‖² |Δt|`` (the bias integral).
@@ -127,7 +127,7 @@ def track(score: Callable, process, x1, log_p1, n_steps: int, lam: float = 1.0, 
     d = 1.0 if t_end > t_start else -1.0
     c, a = 0.5 * (1.0 - d * lam**2), 0.5 * (1.0 + d * nu**2)
     if a != 0 and divergence is None:
-        raise ValueError(f"divergence is required: its coefficient ½(1 + d ν²) = {a:g} is not 0 "
+        raise ValueError(f"divergence is required: its coefficient ½(1 + d ζ²) = {a:g} is not 0 "
                          "(only the reverse SDE with noise = 1 tracks log p without it)")
     state = {"log_p": log_p.clone(), "bias": torch.zeros(B, dtype=torch.float64, device=x1.device)}
     history = [state["log_p"]]

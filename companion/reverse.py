@@ -101,7 +101,7 @@ def integrate(
             The default ``t_end = 1e-3`` stops before the score blows up at t = 0.
         generator: optional ``torch.Generator`` for the noise (λ > 0).
         return_path: also return the times ``(N + 1,)`` and the path ``(N + 1, B, D)``.
-        noise: the noise scale ν ≥ 0 (default λ): the noise term is ``ν g √|Δt| z``.
+        noise: the noise scale ζ ≥ 0 (default λ): the noise term is ``ζ g √|Δt| z``.
         callback: optional ``callback(x, t, dt, score, dw)`` (Euler only), see above.
         progress: show a tqdm bar over the steps.
 
