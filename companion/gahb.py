@@ -20,7 +20,7 @@ fresh C^α images of regularity α, ``gahb_disks`` on fresh disk images. They ar
 """
 from __future__ import annotations
 
-import math
+import functools
 
 import torch
 
@@ -99,6 +99,11 @@ def _family(cfg):
     raise ValueError(f"family must be 'c_alpha' or 'disks', got {cfg['family']!r}")
 
 
+@functools.lru_cache(maxsize=2)
+def _pool(family, alpha, size, n):
+    return _family(dict(family=family, alpha=alpha, size=size))(n, torch.Generator().manual_seed(1000))
+
+
 def training_set(cfg: dict) -> torch.Tensor | None:
     """The fixed training set ``(N, 1, size, size)`` of a recipe config (None when ``n_train == 0``: fresh data).
 
@@ -107,9 +112,9 @@ def training_set(cfg: dict) -> torch.Tensor | None:
     """
     if cfg["n_train"] == 0:
         return None
-    pool = _family(cfg)(cfg["pool"], torch.Generator().manual_seed(1000))
+    pool = _pool(cfg["family"], cfg["alpha"], cfg["size"], cfg["pool"])
     a, b = data.disjoint_sets(pool, cfg["n_train"], torch.Generator().manual_seed(cfg["n_train"]))
-    return {"a": a, "b": b}[cfg["half"]]
+    return {"a": a, "b": b}[cfg["half"]].clone()
 
 
 def train_recipe(name: str, config: dict | None = None, progress: bool = True):

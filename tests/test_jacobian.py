@@ -172,3 +172,28 @@ def test_bad_inputs():
         jac.ideal_jacobian(IdealDenoiser(torch.rand(4, 3)), torch.rand(2, 3), 0.0)
     with pytest.raises(ValueError, match="sigma"):
         jac.ideal_jacobian(gmm.ring(), torch.rand(2, 2), 0.0)
+
+
+def _student_ideal_jacobian(data, y, sigma):
+    w = torch.softmax(-torch.cdist(y, data) ** 2 / (2 * sigma ** 2), dim=1)  # (B, M)
+    m = w @ data
+    dev = data[None] - m[:, None]  # (B, M, D)
+    return torch.einsum("bm,bmi,bmj->bij", w, dev, dev) / sigma ** 2
+
+
+def test_ideal_jacobian_checker(capsys):
+    import companion as cp
+
+    assert cp.exercises.check_ideal_jacobian(_student_ideal_jacobian)
+    assert "✓" in capsys.readouterr().out
+    no_sigma = lambda data, y, sigma: _student_ideal_jacobian(data, y, sigma) * sigma ** 2  # noqa: E731
+    assert not cp.exercises.check_ideal_jacobian(no_sigma, quiet=True)
+
+    def naive(data, y, sigma):  # unnormalised exponentials: 0/0 at small σ
+        w = torch.exp(-torch.cdist(y, data) ** 2 / (2 * sigma ** 2))
+        w = w / w.sum(1, keepdim=True)
+        m = w @ data
+        dev = data[None] - m[:, None]
+        return torch.einsum("bm,bmi,bmj->bij", w, dev, dev) / sigma ** 2
+
+    assert not cp.exercises.check_ideal_jacobian(naive, quiet=True)

@@ -11,6 +11,8 @@ from .els import check_local_weights
 from .fokker import check_reverse_drift
 from .projection import check_gradient_estimation
 from .score import check_ideal_denoiser, check_sampler_step
+from .gahb import check_ideal_jacobian
 
 __all__ = ["Verdict", "compare", "check_vp_coefficients", "check_reverse_drift", "check_gradient_estimation",
            "check_ideal_denoiser", "check_sampler_step", "check_local_weights"]
+__all__ += ["check_ideal_jacobian"]
