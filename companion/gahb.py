@@ -27,7 +27,7 @@ import torch
 from . import data, nets
 from ._checks import as_tensor, check_positive_int
 
-__all__ = ["sample_sigma_sqrt", "train_blind", "sample", "cosine_similarity", "nearest", "psnr",
+__all__ = ["sample_sigma_sqrt", "train_blind", "sample", "cosine_similarity", "nearest", "psnr", "psnr_slope",
            "SWEEP_N", "CONFIGS", "RECIPES", "train_recipe", "training_set"]
 
 #: the training-set sizes of the memorisation sweep
@@ -209,3 +209,28 @@ def psnr(estimate, clean, peak: float = 1.0) -> torch.Tensor:
                          f"{tuple(clean.shape)}")
     mse = ((estimate - clean) ** 2).flatten(1).mean(1)
     return 10 * torch.log10(peak ** 2 / mse.clamp_min(1e-20))
+
+
+@torch.no_grad()
+def psnr_slope(D, clean, sigmas, noise=None):
+    r"""Output PSNR against input PSNR of a blind denoiser, and the slope of their least-squares line.
+
+    For each σ of ``sigmas`` (``(S,)``): input PSNR ``−20 log10 σ``, output PSNR
+    ``10 log10(1 / mean (D(clean + σ z) − clean)²)`` (images in [0, 1], the mean over all images and pixels),
+    with the same noise ``z`` (``noise``, default standard normal) at every σ. For C^α images the optimal
+    slope is α/(α + 1) (Korostelev & Tsybakov 1993; Kadkhodaie et al. 2024, Sec. 3.2).
+
+    Returns ``(psnr_in (S,), psnr_out (S,), slope)`` (slope a float).
+    """
+    clean = as_tensor(clean, "clean")
+    sigmas = as_tensor(sigmas, "sigmas").reshape(-1)
+    if sigmas.numel() < 2 or (sigmas <= 0).any():
+        raise ValueError(f"sigmas must hold at least two positive noise levels, got {sigmas.tolist()}")
+    z = torch.randn_like(clean) if noise is None else as_tensor(noise, "noise")
+    if z.shape != clean.shape:
+        raise ValueError(f"noise must have the shape of clean {tuple(clean.shape)}, got {tuple(z.shape)}")
+    p_in = -20 * torch.log10(sigmas)
+    p_out = torch.stack([10 * torch.log10(1 / ((D(clean + s * z) - clean) ** 2).mean()) for s in sigmas])
+    a = torch.stack([p_in, torch.ones_like(p_in)], 1).double()
+    slope = torch.linalg.lstsq(a, p_out.double()[:, None]).solution[0, 0].item()
+    return p_in, p_out, slope

@@ -247,3 +247,16 @@ def test_every_gahb_recipe_is_registered_and_shipped():
     for name in gahb.RECIPES:
         raw = torch.load(training.CHECKPOINT_DIR / f"{name}.pt", weights_only=True)
         assert raw["config"] == training.CONFIGS[name]
+
+
+def test_psnr_slope_of_known_denoisers():
+    clean = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    sigmas = torch.tensor([0.3, 0.1, 0.03])
+    p_in, p_out, slope = gahb.psnr_slope(lambda y: y, clean, sigmas)  # identity: output = input noise
+    assert slope == pytest.approx(1.0, abs=0.05) and p_in[1].item() == pytest.approx(20.0)
+    _, _, slope = gahb.psnr_slope(lambda y: 0.5 * clean + 0.5 * y, clean, sigmas)  # MSE = σ²/4: slope 1
+    assert slope == pytest.approx(1.0, abs=0.05)
+    _, p_out, slope = gahb.psnr_slope(lambda y: clean + 0.01, clean, sigmas)  # constant error: slope 0
+    assert slope == pytest.approx(0.0, abs=1e-6) and p_out[0].item() == pytest.approx(40.0, abs=1e-3)
+    with pytest.raises(ValueError, match="sigmas"):
+        gahb.psnr_slope(lambda y: y, clean, torch.tensor([0.1]))
