@@ -140,12 +140,17 @@ def _check_alpha(alpha):
     return float(alpha)
 
 
-def _power_law_noise(shape, alpha, generator):
-    """Uniform white noise on [-1, 1] filtered by ``|k|^-alpha`` along the last ``len(shape) - 1`` axes.
+def power_law_noise(shape, alpha: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform white noise on [-1, 1] filtered by ``|k|^-alpha`` (float64), the building block of :func:`c_alpha`.
 
-    ``shape = (n, size)`` gives 1-D signals, ``(n, size, size)`` 2-D ones; the zero frequency
-    gets the gain of |k| = 1 (as in the paper's code), |k| counts cycles per signal length.
+    ``shape = (n, size)`` gives ``n`` periodic 1-D signals, ``(n, size, size)`` 2-D ones; the filter acts
+    along the last axes in the Fourier domain, ``|k|`` counting cycles per signal length, and the zero
+    frequency gets the gain of ``|k| = 1`` (as in the paper's code). The power spectrum decays like
+    ``|k|^{-2 alpha}``.
     """
+    if not (isinstance(shape, tuple) and len(shape) in (2, 3) and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise ValueError(f"shape must be (n, size) or (n, size, size) of positive ints, got {shape!r}")
+    alpha = _check_alpha(alpha)
     n, size, dims = shape[0], shape[-1], len(shape) - 1
     white = torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1
     k = torch.fft.fftfreq(size, d=1.0 / size, dtype=torch.float64).abs()
@@ -177,8 +182,8 @@ def c_alpha(n: int, size: int = 16, alpha: float = 2.0, generator: torch.Generat
     size = _check_size(size)
     alpha = _check_alpha(alpha)
     g = generator
-    contour = _power_law_noise((n, size), alpha, g) * size + size / 2  # (n, size) rows
-    backs = _power_law_noise((2 * n, size, size), alpha, g).reshape(n, 2, size, size)
+    contour = power_law_noise((n, size), alpha, g) * size + size / 2  # (n, size) rows
+    backs = power_law_noise((2 * n, size, size), alpha, g).reshape(n, 2, size, size)
     lo = backs.amin(dim=(2, 3), keepdim=True)
     hi = backs.amax(dim=(2, 3), keepdim=True)
     unit = (backs - lo) / (hi - lo)
@@ -271,4 +276,4 @@ def disjoint_sets(images: torch.Tensor, n: int, generator: torch.Generator | Non
     return images[perm[:n]], images[perm[n:2 * n]]
 
 
-__all__ += ["c_alpha", "disks", "disk_params", "disk_images", "disk_tangent", "disjoint_sets", "DISK_PARAMS"]
+__all__ += ["power_law_noise", "c_alpha", "disks", "disk_params", "disk_images", "disk_tangent", "disjoint_sets", "DISK_PARAMS"]

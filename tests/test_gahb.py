@@ -85,7 +85,7 @@ def _spectrum_slope(signals, dims):
 def test_power_law_noise_has_spectrum_slope_minus_two_alpha(alpha, dims):
     g = torch.Generator().manual_seed(0)
     shape = (400, 32) if dims == 1 else (100, 32, 32)
-    assert _spectrum_slope(data._power_law_noise(shape, alpha, g), dims) == pytest.approx(-2 * alpha, abs=0.15)
+    assert _spectrum_slope(data.power_law_noise(shape, alpha, g), dims) == pytest.approx(-2 * alpha, abs=0.15)
 
 
 def test_c_alpha_images():
@@ -152,6 +152,8 @@ def test_disjoint_sets():
 def test_data_bad_inputs():
     with pytest.raises(ValueError, match="alpha"):
         data.c_alpha(2, 16, 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        data.power_law_noise((3,), 1.0)
     with pytest.raises(ValueError, match="size"):
         data.c_alpha(2, 3)
     with pytest.raises(ValueError, match="n must be a positive int"):
