@@ -27,7 +27,7 @@ import torch
 from . import data, nets
 from ._checks import as_tensor, check_positive_int
 
-__all__ = ["sample_sigma_sqrt", "train_blind", "sample", "cosine_similarity", "nearest", "psnr", "psnr_slope",
+__all__ = ["DIGITS_N", "compare_halves", "sample_sigma_sqrt", "train_blind", "sample", "cosine_similarity", "nearest", "psnr", "psnr_slope",
            "SWEEP_N", "CONFIGS", "RECIPES", "train_recipe", "training_set"]
 
 #: the training-set sizes of the memorisation sweep
@@ -44,6 +44,12 @@ for _n in SWEEP_N:
 for _a in (1, 2, 4):
     CONFIGS[f"gahb_calpha{_a}"] = dict(_BASE, alpha=float(_a), seed=10 + _a)
 CONFIGS["gahb_disks"] = dict(_BASE, family="disks", seed=20)
+#: the sizes of the digits sweep: the 1,797 digits give at most 898 images per disjoint half
+DIGITS_N = (1, 10, 100, 898)
+for _n in DIGITS_N:
+    for _h in "ab":
+        CONFIGS[f"gahb_digits_n{_n}_{_h}"] = dict(_BASE, family="digits", size=8, n_train=_n, half=_h,
+                                                  pool=1797)
 
 
 def sample_sigma_sqrt(n: int, sigma_max: float = 1.0, generator=None) -> torch.Tensor:
@@ -101,14 +107,19 @@ def _family(cfg):
 
 @functools.lru_cache(maxsize=2)
 def _pool(family, alpha, size, n):
+    if family == "digits":  # the 1,797 scikit-learn digits (8×8), rescaled from [-1, 1] to [0, 1]
+        if size != 8 or n != 1797:
+            raise ValueError(f"the digits family has size 8 and pool 1797, got size={size}, pool={n}")
+        return (data.digits()[0] + 1) / 2
     return _family(dict(family=family, alpha=alpha, size=size))(n, torch.Generator().manual_seed(1000))
 
 
 def training_set(cfg: dict) -> torch.Tensor | None:
     """The fixed training set ``(N, 1, size, size)`` of a recipe config (None when ``n_train == 0``: fresh data).
 
-    A pool of ``pool`` images of the family is drawn with seed 1000 (the same pool for every N) and
-    split by :func:`companion.data.disjoint_sets` with seed ``n_train``; ``half`` picks A or B.
+    A pool of ``pool`` images of the family is drawn with seed 1000 (the same pool for every N; for
+    ``family="digits"`` the pool is the 1,797 digits in [0, 1]) and split by
+    :func:`companion.data.disjoint_sets` with seed ``n_train``; ``half`` picks A or B.
     """
     if cfg["n_train"] == 0:
         return None
@@ -236,3 +247,28 @@ def psnr_slope(D, clean, sigmas, noise=None):
     a = torch.stack([p_in, torch.ones_like(p_in)], 1).double()
     slope = torch.linalg.lstsq(a, p_out.double()[:, None]).solution[0, 0].item()
     return p_in, p_out, slope
+
+
+def compare_halves(model_a, model_b, train_a, noise, new_images, sigma: float = 0.2) -> dict:
+    """The memorization/generalization measures of Kadkhodaie et al. (2024, Sec. 2) for two models.
+
+    ``model_a``, ``model_b``: blind denoisers trained on disjoint sets; ``train_a`` ``(M, C, H, W)``: model A's
+    training set; ``noise`` ``(B, C, H, W)``: the shared starting noise of :func:`sample`; ``new_images``
+    ``(B, C, H, W)``: images of the family not in the training set. Returns medians over the B seeds of
+    ``sim_ab`` (:func:`cosine_similarity` of the two models' samples), ``sim_train`` (similarity of A's
+    sample to its nearest image of ``train_a``), ``sim_new`` (the same for ``new_images``, for reference),
+    and ``gap``: A's mean denoising PSNR at noise ``sigma`` on (up to B of) its training images minus that
+    on ``new_images`` (the generalization gap, same noise draws); plus the samples ``xa``, ``xb`` and
+    ``nearest`` (the training image of A nearest to each A sample).
+    """
+    xa, xb = sample(model_a, noise), sample(model_b, noise)
+    sim_train, idx = nearest(xa, train_a)
+    sim_new, _ = nearest(new_images, train_a)
+    seen = train_a[:noise.shape[0]]
+    z = torch.randn(new_images.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        p_seen = psnr(model_a(seen + sigma * z[:len(seen)]), seen).mean()
+        p_new = psnr(model_a(new_images + sigma * z), new_images).mean()
+    return {"sim_ab": cosine_similarity(xa, xb).median().item(), "sim_train": sim_train.median().item(),
+            "sim_new": sim_new.median().item(), "gap": (p_seen - p_new).item(),
+            "xa": xa, "xb": xb, "nearest": train_a[idx]}

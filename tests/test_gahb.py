@@ -262,3 +262,24 @@ def test_psnr_slope_of_known_denoisers():
     assert slope == pytest.approx(0.0, abs=1e-6) and p_out[0].item() == pytest.approx(40.0, abs=1e-3)
     with pytest.raises(ValueError, match="sigmas"):
         gahb.psnr_slope(lambda y: y, clean, torch.tensor([0.1]))
+
+
+def test_compare_halves_of_a_memorising_pair():
+    train = data.c_alpha(5, 8, 2.0, torch.Generator().manual_seed(0)).double()
+    ideal = IdealDenoiser(train)
+    D = lambda y: ideal(y, 0.05)  # noqa: E731  (a blind stand-in that memorises the 5 images)
+    new = data.c_alpha(4, 8, 2.0, torch.Generator().manual_seed(1)).double()
+    noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    r = gahb.compare_halves(D, D, train, noise, new)
+    assert r["sim_ab"] == pytest.approx(1.0) and r["sim_train"] == pytest.approx(1.0)
+    assert r["sim_new"] < 0.999 and r["gap"] > 3.0  # memorisation: better on its own images
+    torch.testing.assert_close(r["nearest"], r["xa"])
+
+
+def test_digits_halves():
+    cfg = gahb.CONFIGS["gahb_digits_n898_a"]
+    a, b = gahb.training_set(cfg), gahb.training_set(dict(cfg, half="b"))
+    assert a.shape == b.shape == (898, 1, 8, 8) and a.min() >= 0 and a.max() <= 1
+    assert torch.cdist(a.flatten(1), b.flatten(1)).min() > 0
+    with pytest.raises(ValueError, match="digits"):
+        gahb.training_set(dict(cfg, size=16))
