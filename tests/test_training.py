@@ -132,6 +132,7 @@ TINY = {
     "digits_resnet": dict(steps=2, batch_size=8, width=8, depth=2),
     "digits_classifier": dict(steps=2, batch_size=8, width=4, features=8),
     "ring_mlp": dict(steps=2, batch_size=8, hidden=8, depth=1, n_data=64),
+    "digits16_resnet": dict(steps=2, batch_size=8, width=8, depth=2, n_train=16),
 }
 
 
