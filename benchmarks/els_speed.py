@@ -7,8 +7,8 @@ patches at the positions of that class, with batched tensor operations: the logi
 a softmax streamed over the batches with a running maximum, and the weighted centre values by a second matrix
 product. No deduplication, no pruning.
 
-``companion.els`` (default ``tol = 1e-7``) deduplicates identical patches and skips whole blocks of the bank
-whose weight is provably below tol (see companion/_els_bank.py). Both run in float32 on one thread on the same
+``companion.els`` (default ``tol = 1e-7``) deduplicates identical patches and skips the candidates outside a window
+in one projection whose total weight is provably below tol times the normalizer (companion/_els_bank.py). Both run in float32 on one thread on the same
 inputs: 32 noisy queries, 1,000 training images, k = 3 and 5, zero padding, for the 8x8 digits and for the
 digits upsampled to 16x16 (companion.training.digits16). The machine is timed twice: the first call includes
 building its patch banks (done once per patch size and reused by every later call, e.g. along a sampler's

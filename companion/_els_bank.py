@@ -119,8 +119,9 @@ class PatchBank:
         Logits ``−‖q−y‖²/2σ² + log c − ref`` come out of one product ``[2sq, −s, 1, −s‖q‖² − ref] ·
         [y, ‖y‖², log c, 1]`` (s = 1/2σ²), with q and y shifted by a centring point when that
         reduces float32 cancellation, in float64 when the rounding estimate
-        ``eps·(‖q−c‖ + ‖y−c‖)²·s`` exceeds 1e-5; the maximum is tracked per chunk (running
-        log-sum-exp) and each chunk's weighted sums are added in float64.
+        ``eps·(‖q−c‖ + ‖y−c‖)²·s`` exceeds 1e-5; the logits are shifted by ``max log c`` when that
+        keeps the largest weight above e^-60 (float32), otherwise the maximum is tracked per chunk
+        (running log-sum-exp); each chunk's weighted sums are added in float64.
         """
         n, P = q.shape
         table, vals, ymax = self._table(q.dtype)
@@ -137,16 +138,22 @@ class PatchBank:
                                torch.ones_like(yc[:, :1])], 1).to(dt)
             qc = q - c
         table, vals, qc = table.to(dt), vals.to(dt), qc.to(dt)
+        # every log-weight is ≤ max log c, and the best one is ≥ ref: if max log c − ref is moderate,
+        # shift by max log c (no overflow, no underflow of the largest weight, no running maximum)
+        peak = float(self.logc.max()) - ref
+        fixed = float(peak.max()) <= (600.0 if dt == torch.float64 else 60.0)
+        shift = ref + peak if fixed else ref
         s = inv2s2.to(dt)[:, None]
         lhs = torch.cat([2 * s * qc, -s, torch.ones_like(s), -s * qc.pow(2).sum(1, keepdim=True)
-                         - ref.to(dt)[:, None]], 1)                            # (n, P + 3)
+                         - shift.to(dt)[:, None]], 1)                          # (n, P + 3)
         acc = torch.zeros(n, vals.shape[1], dtype=torch.float64, device=q.device)
         m_run = torch.full((n, 1), -math.inf, dtype=torch.float64, device=q.device)
         for a in range(0, table.shape[0], rows_per_chunk):
-            logit = lhs @ table[a:a + rows_per_chunk].T                        # (n, m) log-weight − ref
-            m_new = torch.maximum(m_run, logit.amax(1, keepdim=True).double())
-            acc *= torch.exp(m_run - m_new)
-            logit -= m_new.to(dt)
-            m_run = m_new
+            logit = lhs @ table[a:a + rows_per_chunk].T                        # (n, m) log-weight − shift
+            if not fixed:                                                      # running log-sum-exp
+                m_new = torch.maximum(m_run, logit.amax(1, keepdim=True).double())
+                acc *= torch.exp(m_run - m_new)
+                logit -= m_new.to(dt)
+                m_run = m_new
             acc += (logit.exp_() @ vals[a:a + rows_per_chunk]).double()
         return acc[:, :-1] / acc[:, -1:]
