@@ -25,7 +25,10 @@ exchanged (LS: itself; circular ELS: all positions; zero-padded ELS: the positio
 padding pattern; IS: the whole image as one "position"), and the posterior of a query patch runs over
 the training patches at the positions of its class. Distances are computed with ``unfold`` and batched
 matrix products, and the softmax is accumulated over chunks of the training set with a running
-log-sum-exp, so memory stays bounded (``chunk_elements``) and the weights are exact.
+log-sum-exp, so memory stays bounded (``chunk_elements``) and the weights are exact. Large ELS classes
+(unconditional) go through :class:`companion._els_bank.PatchBank` instead: identical training patches
+are merged with their counts as log-weights, and candidates whose total weight is provably below
+``tol`` times the normalizer are skipped (the result moves by at most ``2·tol·max|x0|``).
 
 Also here: a locality schedule (patch size per σ) and its calibration against a trained network
 (:mod:`companion._els_calibrate`), and the per-image Pearson correlation that the paper's evaluation
