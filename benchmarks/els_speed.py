@@ -109,7 +109,9 @@ def main(quick=False):
                       f"{t_base / t_fast:>8.1f}x {diff:>10.1e} {e_base:>9.1e} {e_fast:>8.1e}")
     print("over all sigma levels (steady state):")
     for (name, k), (tb, tf) in totals.items():
-        print(f"{name:>13} {k:>2}: batched {tb:.2f} s, els {tf:.2f} s, speed-up {tb / tf:.1f}x")
+        per = tf / (len(sigmas) * n_query)
+        print(f"{name:>13} {k:>2}: batched {tb:.2f} s, els {tf:.2f} s, speed-up {tb / tf:.1f}x; "
+              f"els per image and step {per * 1e3:.0f} ms")
 
 
 if __name__ == "__main__":
