@@ -78,6 +78,11 @@ class PatchBank:
         s64 = inv2s2.double()
         zq = q.double() @ self.u
         pos = torch.searchsorted(self.z, zq)
+        # the narrowest window any reference could give; if it covers the bank for every query, a
+        # reference from a few candidates suffices (it also bounds the shift of the logits)
+        h_min = ((self.log_total - math.log(tol) - float(self.logc.max())) / s64).sqrt() if tol > 0 else None
+        if h_min is None or bool(((zq - h_min <= self.z[0]) & (zq + h_min >= self.z[-1])).all()):
+            near = min(near, 16)
         # exact best log-weight among the `near` candidates nearest in the projection
         lo = (pos - near // 2).clamp(0, max(0, N - near))
         win = lo[:, None] + torch.arange(min(near, N), device=dev)[None]
