@@ -218,3 +218,18 @@ def test_shipped_classifier_accuracy_on_the_held_out_digits():
     acc = training.accuracy(clf, images[held_out], labels[held_out])
     assert acc >= 0.95
     assert acc == pytest.approx(clf.checkpoint["metrics"]["heldout_accuracy"])
+
+
+def test_digits16_are_the_upsampled_first_digits():
+    from companion import data
+
+    imgs, labels = training.digits16(16, 10)
+    small, small_labels = data.digits()
+    assert imgs.shape == (10, 1, 16, 16) and torch.equal(labels, small_labels[:10])
+    assert imgs.min() >= -1 and imgs.max() <= 1
+    # bilinear upsampling by 2 (align_corners=False): interior pixels mix the 2×2 nearest with weights 9/16, 3/16, 1/16
+    x = small[:10]
+    want = (9 * x[..., 1, 1] + 3 * x[..., 1, 2] + 3 * x[..., 2, 1] + x[..., 2, 2]) / 16
+    torch.testing.assert_close(imgs[..., 3, 3], want)
+    with pytest.raises(ValueError, match="n_train"):
+        training.digits16(16, 5000)
