@@ -184,7 +184,7 @@ def master_notebook(chapter, points: dict | None = None):
                 pts = points["hidden" if hidden else "public"]
                 tests.append(f'""" # BEGIN TEST CONFIG\npoints: {pts}\nhidden: {str(hidden).lower()}\n'
                              f'""" # END TEST CONFIG\n'
-                             f"bool(cp.exercises.{check}({answer}, seed={seed}, quiet=True))\n")
+                             f"assert (v := cp.exercises.{check}({answer}, seed={seed}, quiet=True)), v.message\n")
         if not tests:
             raise ValueError(f"chapter {path}: the solution cell of {label} calls no cp.exercises.check_* checker")
         new.cells.append(raw("# BEGIN TESTS"))
