@@ -139,7 +139,7 @@ def test_messages_are_readable():
 def test_diagnose_float32():
     e = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     g = e * (1 + 3e-7)
-    assert "float32 (the inputs" in diagnose(g, e, rtol=1e-7, atol=1e-12, was_float32=True)
+    assert "float64 (the inputs" in diagnose(g, e, rtol=1e-7, atol=1e-12, was_float32=True)
     assert "computed in float32" in diagnose(g, e, rtol=1e-7, atol=1e-12)
     # the sampler step (tolerance 1e-7) rejects an answer computed in float32 with this diagnosis
     v = cp.exercises.check_sampler_step(lambda *a: step32(*[t.float() if torch.is_tensor(t) else t for t in a]),
