@@ -17,7 +17,7 @@ body sits between ``# BEGIN SOLUTION`` and ``# END SOLUTION`` and which calls a 
 Usage (one folder per chapter, each with ``student/``, ``autograder/`` and ``README.md``)::
 
     python -m companion.student book/0*.md --out assignments/
-    python -m companion.student --site book --out _student   # student sources of the whole book
+    python -m companion.student --site book --out _build_student/book --config _config.yml
 """
 from __future__ import annotations
 
@@ -222,12 +222,16 @@ def assign(chapter, out_dir, points: dict | None = None) -> Path:
     the folder that holds the chapter (it would replace the instructor's notebook).
     """
     import nbformat
-    from otter.assign import main as otter_assign
 
     path = _chapter_path(chapter)
     out_dir = Path(out_dir)
     if out_dir.resolve() == path.parent.resolve() or path.parent.resolve() in (out_dir / path.stem).resolve().parents:
         raise ValueError(f"out_dir {out_dir} would overwrite the chapters in {path.parent}; choose another folder")
+    try:
+        from otter.assign import main as otter_assign
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("assignments need Otter-Grader: pip install 'otter-grader>=7,<8' "
+                          "(or the package's [assign] extra)") from exc
     master = master_notebook(path, points)
     pts = {"written": [], "coding": []}
     for cell in master.cells:
@@ -254,37 +258,53 @@ def assign(chapter, out_dir, points: dict | None = None) -> Path:
     return final
 
 
-def student_book(book_dir, out_dir) -> Path:
+def student_book(book_dir, out_dir, config=None) -> Path:
     """Copy the book ``book_dir`` to ``out_dir`` with every chapter replaced by its student version.
 
-    Solutions blocks are removed and solution regions replaced by the student prompt, so a website
-    built from ``out_dir`` shows no solution. Non-chapter pages are copied unchanged.
+    Solution blocks are removed and solution regions replaced by the student prompt, so a website
+    built from ``out_dir`` shows no solution. Other pages are copied unchanged. With ``config`` (the
+    book's ``_config.yml``), also writes ``out_dir/../_config.yml``: the same, titled "student edition",
+    without the Colab button (it would open the instructor's notebook).
     """
+    import yaml
+
     book_dir, out_dir = Path(book_dir), Path(out_dir)
     if not book_dir.is_dir():
         raise ValueError(f"book_dir {book_dir} is not a folder")
-    if out_dir.resolve() == book_dir.resolve():
+    if out_dir.resolve() == book_dir.resolve() or book_dir.resolve() in out_dir.resolve().parents:
         raise ValueError(f"out_dir {out_dir} would overwrite the chapters in {book_dir}")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     shutil.copytree(book_dir, out_dir, ignore=shutil.ignore_patterns("*.ipynb", "_build", ".ipynb_checkpoints"))
     for md in sorted(out_dir.glob("[0-9][0-9]_*.md")):
         md.write_text(strip_solutions(md.read_text(), label=md.stem))
+    if config is not None:
+        cfg = yaml.safe_load(Path(config).read_text())
+        cfg["title"] = f"{cfg.get('title', 'Book')} (student edition)"
+        cfg.pop("launch_buttons", None)
+        (out_dir.parent / "_config.yml").write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
     return out_dir
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("chapters", nargs="*", help="chapter sources, e.g. book/01_forward_sdes.md")
+    parser.add_argument("chapters", nargs="*", help="chapter sources, e.g. book/0*.md (other pages are skipped)")
     parser.add_argument("--out", default="assignments", help="output folder (default: assignments/)")
     parser.add_argument("--site", metavar="BOOK", help="write the student version of the book folder BOOK")
+    parser.add_argument("--config", help="with --site: the book's _config.yml, for a student-edition config")
     args = parser.parse_args(argv)
     if args.site:
-        print(student_book(args.site, args.out))
+        print(student_book(args.site, args.out, args.config))
     elif not args.chapters:
         parser.error("give chapter sources (book/NN_name.md) or --site BOOK")
+    done = set()
     for chapter in args.chapters:
-        print(assign(chapter, args.out))
+        path = Path(chapter)
+        if not _CHAPTER.match(path.stem) or path.suffix not in (".md", ".ipynb"):
+            print(f"skipped {chapter}: not a chapter (NN_name.md or .ipynb)")
+        elif path.stem not in done:  # NN_name.md and its paired NN_name.ipynb are one chapter
+            done.add(path.stem)
+            print(assign(path, args.out))
 
 
 if __name__ == "__main__":
