@@ -48,9 +48,10 @@ assignments: $(VENV)/.installed
 # the website without solutions, in _build_student/_build/html (no Colab button: it opens instructor notebooks)
 student-site: $(VENV)/.installed
 	rm -rf _build_student
-	$(PY) -m companion.student --site book --out _build_student/book --config _config.yml
+	$(PY) -m companion.student --site book --out _build_student/book --config _config.yml --toc _toc.yml
 	TQDM_DISABLE=1 COMPANION_PROFILE=quick $(VENV)/bin/jupyter-book build _build_student/book \
-	  --config $(CURDIR)/_build_student/_config.yml --toc $(CURDIR)/_toc.yml --path-output $(CURDIR)/_build_student
+	  --config $(CURDIR)/_build_student/_config.yml --toc $(CURDIR)/_build_student/_toc.yml \
+	  --path-output $(CURDIR)/_build_student
 	$(PY) -m pytest -q tests -m site -k student_site
 
 clean:

@@ -17,7 +17,8 @@ body sits between ``# BEGIN SOLUTION`` and ``# END SOLUTION`` and which calls a 
 Usage (one folder per chapter, each with ``student/``, ``autograder/`` and ``README.md``)::
 
     python -m companion.student book/0*.md --out assignments/
-    python -m companion.student --site book --out _build_student/book --config _config.yml
+    python -m companion.student --grade assignments/01_forward_sdes submissions/   # -> grades.csv
+    python -m companion.student --site book --out _build_student/book --config _config.yml --toc _toc.yml
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["POINTS", "strip_solutions", "split_markdown", "master_notebook", "assign", "student_book", "main"]
+__all__ = ["POINTS", "strip_solutions", "split_markdown", "master_notebook", "assign", "grade", "student_book",
+           "main"]
 
 #: points of a written (hand-graded) question, of a coding question's public test and of each hidden test
 POINTS = {"written": 2, "public": 1, "hidden": 1}
@@ -123,6 +125,11 @@ def master_notebook(chapter, points: dict | None = None):
     config = (f"# ASSIGNMENT CONFIG\nname: {name}\ninit_cell: false\ncheck_all_cell: false\n"
               "export_cell: false\nrun_tests: false\nsolutions_pdf: false\ngenerate: true\n"
               "tests:\n  files: true\n")
+    # the grading image (Gradescope, `otter grade`) installs what the chapter's setup cell installs on Colab
+    source = next((c.source for c in nb.cells if c.cell_type == "code"), "")
+    specs = re.findall(r"[\"'](git\+https?://[^\"']+)[\"']", source)
+    if specs:
+        config += "requirements:\n  - torch\n" + "".join(f"  - {spec}\n" for spec in specs)
     new.cells.append(raw(config))
     # which exercises are coding ones: a solution code cell comes before the next exercise
     kinds, last = {}, None
@@ -258,13 +265,58 @@ def assign(chapter, out_dir, points: dict | None = None) -> Path:
     return final
 
 
-def student_book(book_dir, out_dir, config=None) -> Path:
+def grade(assignment, submissions, out_csv=None) -> Path:
+    """Grade every ``.ipynb`` in the folder ``submissions`` with ``assignment/autograder/autograder.zip``.
+
+    Runs ``otter run`` (no Docker: in this environment, so run it on a machine you trust with the
+    students' code) on each submission and writes ``out_csv`` (default ``submissions/grades.csv``): one
+    row per submission with the points of each autograded question, the total and the maximum.
+    Written questions are graded by hand and are not in the table.
+    """
+    import contextlib
+    import csv
+    import io
+    import os
+
+    from otter.run import main as otter_run
+
+    assignment, submissions = Path(assignment), Path(submissions)
+    zip_path = assignment / "autograder" / "autograder.zip"
+    if not zip_path.exists():
+        raise ValueError(f"assignment {assignment} has no autograder/autograder.zip (run `make assignments`)")
+    files = sorted(submissions.glob("*.ipynb")) if submissions.is_dir() else []
+    if not files:
+        raise ValueError(f"submissions {submissions} is not a folder of .ipynb files")
+    out_csv = Path(out_csv) if out_csv else submissions / "grades.csv"
+    rows, cwd = [], os.getcwd()
+    for sub in files:
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copy(sub, Path(tmp) / sub.name)
+            os.chdir(tmp)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    res = otter_run(sub.name, autograder=str(zip_path.resolve()), output_dir=tmp, no_logo=True)
+            finally:
+                os.chdir(cwd)
+        row = {"submission": sub.name}
+        row.update({q: res.get_score(q) for q in res.test_files})
+        row.update(total=res.total, possible=res.possible)
+        rows.append(row)
+    with open(out_csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out_csv
+
+
+def student_book(book_dir, out_dir, config=None, toc=None) -> Path:
     """Copy the book ``book_dir`` to ``out_dir`` with every chapter replaced by its student version.
 
     Solution blocks are removed and solution regions replaced by the student prompt, so a website
     built from ``out_dir`` shows no solution. Other pages are copied unchanged. With ``config`` (the
     book's ``_config.yml``), also writes ``out_dir/../_config.yml``: the same, titled "student edition",
-    without the Colab button (it would open the instructor's notebook).
+    without the Colab button (it would open the instructor's notebook); with ``toc`` (the book's
+    ``_toc.yml``), writes ``out_dir/../_toc.yml`` without the instructors' page.
     """
     import yaml
 
@@ -283,6 +335,12 @@ def student_book(book_dir, out_dir, config=None) -> Path:
         cfg["title"] = f"{cfg.get('title', 'Book')} (student edition)"
         cfg.pop("launch_buttons", None)
         (out_dir.parent / "_config.yml").write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    if toc is not None:
+        tree = yaml.safe_load(Path(toc).read_text())
+        for part in tree.get("parts", []):
+            part["chapters"] = [c for c in part["chapters"] if c.get("file") != "instructors"]
+        (out_dir / "instructors.md").unlink(missing_ok=True)
+        (out_dir.parent / "_toc.yml").write_text(yaml.safe_dump(tree, sort_keys=False, allow_unicode=True))
     return out_dir
 
 
@@ -292,9 +350,15 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="assignments", help="output folder (default: assignments/)")
     parser.add_argument("--site", metavar="BOOK", help="write the student version of the book folder BOOK")
     parser.add_argument("--config", help="with --site: the book's _config.yml, for a student-edition config")
+    parser.add_argument("--toc", help="with --site: the book's _toc.yml, for a toc without the instructors' page")
+    parser.add_argument("--grade", nargs=2, metavar=("ASSIGNMENT", "SUBMISSIONS"),
+                        help="grade the .ipynb files in SUBMISSIONS with ASSIGNMENT's autograder (writes grades.csv)")
     args = parser.parse_args(argv)
+    if args.grade:
+        print(grade(*args.grade))
+        return
     if args.site:
-        print(student_book(args.site, args.out, args.config))
+        print(student_book(args.site, args.out, args.config, args.toc))
     elif not args.chapters:
         parser.error("give chapter sources (book/NN_name.md) or --site BOOK")
     done = set()

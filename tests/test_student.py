@@ -1,5 +1,5 @@
 """Assignments (companion.student, a front end to Otter-Grader) and the student version of the book."""
-import os
+import csv
 import re
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import jupytext
 import nbformat
 import pytest
 
-from companion.student import _CODE_SOLUTION, _BLOCK, assign, master_notebook, strip_solutions, student_book
+from companion.student import _BLOCK, _CODE_SOLUTION, assign, grade, master_notebook, strip_solutions, student_book
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "book").glob("[0-9][0-9]_*.md"))
@@ -90,8 +90,11 @@ def test_master_notebook_of_each_chapter(md):
 
 
 def test_student_book_has_no_solution(tmp_path):
-    out = student_book(ROOT / "book", tmp_path / "book")
+    out = student_book(ROOT / "book", tmp_path / "book", ROOT / "_config.yml", ROOT / "_toc.yml")
     assert (out / "intro.md").read_text() == (ROOT / "book" / "intro.md").read_text()
+    config = (tmp_path / "_config.yml").read_text()
+    assert "student edition" in config and "colab" not in config  # the button opens instructor notebooks
+    assert "instructors" not in (tmp_path / "_toc.yml").read_text() and not (out / "instructors.md").exists()
     assert not list(out.glob("*.ipynb"))
     for md in CHAPTERS:
         student = (out / md.name).read_text()
@@ -182,7 +185,6 @@ def _submission(notebook, cheat=False):
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
 def test_assignment_end_to_end(md, tmp_path, monkeypatch):
     from nbclient import NotebookClient
-    from otter.run import main as otter_run
 
     monkeypatch.setenv("COMPANION_PROFILE", "quick")
     folder = assign(md, tmp_path / "out")
@@ -193,13 +195,11 @@ def test_assignment_end_to_end(md, tmp_path, monkeypatch):
     assert "not implemented yet" in outputs  # the checker reports it; nothing stopped "Run all"
     key = nbformat.read(folder / "autograder" / f"{md.stem}.ipynb", as_version=4)
     zip_path = folder / "autograder" / "autograder.zip"
-    scores = {}
-    for name, sub in (("key", _submission(key)), ("cheat", _submission(key, cheat=True))):
-        path = tmp_path / name / f"{md.stem}.ipynb"
-        path.parent.mkdir()
-        nbformat.write(sub, path)
-        monkeypatch.chdir(path.parent)
-        res = otter_run(str(path), autograder=str(zip_path), output_dir=str(path.parent), no_logo=True)
-        scores[name] = (res.total, res.possible)
-    assert scores["key"][0] == scores["key"][1] > 0, scores       # full marks for the answer key
-    assert 0 < scores["cheat"][0] < scores["cheat"][1], scores    # partial: public right, hidden wrong
+    subs = tmp_path / "submissions"
+    subs.mkdir()
+    nbformat.write(_submission(key), subs / "key.ipynb")
+    nbformat.write(_submission(key, cheat=True), subs / "cheat.ipynb")
+    with open(grade(folder, subs)) as f:
+        scores = {r["submission"]: (float(r["total"]), float(r["possible"])) for r in csv.DictReader(f)}
+    assert scores["key.ipynb"][0] == scores["key.ipynb"][1] > 0, scores  # full marks for the answer key
+    assert 0 < scores["cheat.ipynb"][0] < scores["cheat.ipynb"][1], scores  # partial: public right, hidden wrong
