@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import companion as cp
+from companion.els import local_weights as lw_imported_early
 from companion.exercises.core import describe, diagnose
 
 
@@ -89,6 +90,12 @@ def _cp_vp(t, a, b):
     return p.s(t), p.sigma(t)
 
 
+def _cp_vp_std(t, a, b):  # VP.std is not watched: the source check catches it
+    p = cp.sde.VP(a, b)
+    s = torch.exp(-(a * t + 0.5 * (b - a) * t**2) / 2)
+    return s, p.std(t) / s
+
+
 def _cp_ideal(x, sigma, data):
     return cp.denoisers.IdealDenoiser(data)(x, sigma)
 
@@ -106,7 +113,12 @@ def _aliased_local(x, data, sigma, k):
     return lw(x, data, sigma, k)
 
 
-DELEGATIONS = [(cp.exercises.check_vp_coefficients, _cp_vp), (cp.exercises.check_ideal_denoiser, _cp_ideal),
+def _alias_imported_before(x, data, sigma, k):
+    return lw_imported_early(x, data, sigma, k)  # bound before the check: only the globals check sees it
+
+
+DELEGATIONS = [(cp.exercises.check_local_weights, _alias_imported_before),
+               (cp.exercises.check_vp_coefficients, _cp_vp_std), (cp.exercises.check_vp_coefficients, _cp_vp), (cp.exercises.check_ideal_denoiser, _cp_ideal),
                (cp.exercises.check_local_weights, _cp_local), (cp.exercises.check_local_weights, _aliased_local),
                (cp.exercises.check_gradient_estimation, _cp_sampler),
                (cp.exercises.check_ideal_denoiser, lambda x, s, d: cp.gmm.GaussianMixture(d, 0.0).denoise(x, s))]

@@ -126,6 +126,23 @@ def _watch(forbid: Sequence[tuple[object, str]]):
                 setattr(owner, name, original)
 
 
+def _global_uses(student: Callable, forbid: Sequence[tuple[object, str]]) -> str:
+    """The name of a global the answer refers to that *is* a forbidden function (an alias such as
+    ``from companion.els import local_weights as lw`` made before the check, which the watch cannot see)."""
+    targets = {id(getattr(owner, name)): f"{getattr(owner, '__name__', '')}.{name}" for owner, name in forbid}
+    code, env = getattr(student, "__code__", None), getattr(student, "__globals__", {})
+    stack, names = [code] if code is not None else [], set()
+    while stack:  # the function and the functions/lambdas nested in it
+        c = stack.pop()
+        names.update(c.co_names)
+        stack += [k for k in c.co_consts if hasattr(k, "co_names")]
+    for n in sorted(names):
+        obj = env.get(n)
+        if id(getattr(obj, "__func__", obj)) in targets:
+            return targets[id(getattr(obj, "__func__", obj))]
+    return ""
+
+
 def _source_uses(student: Callable, patterns: Sequence[str]) -> str:
     """The first of ``patterns`` (regexes) found in the student's source, the ``def`` line excluded."""
     try:
@@ -177,7 +194,7 @@ def compare(
     def clone(v):
         return v.clone() if isinstance(v, torch.Tensor) else v
 
-    used = _source_uses(student, forbid_source)
+    used = _source_uses(student, forbid_source) or _global_uses(student, forbid)
     if used:
         return fail(f"your answer uses `{used}`, the companion's own implementation; write it yourself.")
     for i, (args, kwargs) in enumerate(cases):
