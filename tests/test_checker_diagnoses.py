@@ -96,6 +96,10 @@ def _cp_vp_std(t, a, b):  # VP.std is not watched: the source check catches it
     return s, p.std(t) / s
 
 
+def _cp_heun(D, sigmas, x):  # not the answer, and not watched: only the source check rejects it
+    return cp.samplers.heun(D, sigmas, x)
+
+
 def _cp_ideal(x, sigma, data):
     return cp.denoisers.IdealDenoiser(data)(x, sigma)
 
@@ -118,7 +122,8 @@ def _alias_imported_before(x, data, sigma, k):
 
 
 DELEGATIONS = [(cp.exercises.check_local_weights, _alias_imported_before),
-               (cp.exercises.check_vp_coefficients, _cp_vp_std), (cp.exercises.check_vp_coefficients, _cp_vp), (cp.exercises.check_ideal_denoiser, _cp_ideal),
+               (cp.exercises.check_vp_coefficients, _cp_vp_std), (cp.exercises.check_gradient_estimation, _cp_heun),
+               (cp.exercises.check_vp_coefficients, _cp_vp), (cp.exercises.check_ideal_denoiser, _cp_ideal),
                (cp.exercises.check_local_weights, _cp_local), (cp.exercises.check_local_weights, _aliased_local),
                (cp.exercises.check_gradient_estimation, _cp_sampler),
                (cp.exercises.check_ideal_denoiser, lambda x, s, d: cp.gmm.GaussianMixture(d, 0.0).denoise(x, s))]
