@@ -42,7 +42,6 @@ sync: $(VENV)/.installed
 
 # one folder per chapter in assignments/: student notebook, autograder (public + hidden tests), answer key
 assignments: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[assign]"
 	$(PY) -m companion.student book/[0-9]*.md --out assignments
 
 # the website without solutions, in _build_student/_build/html (no Colab button: it opens instructor notebooks)

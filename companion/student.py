@@ -280,14 +280,14 @@ def grade(assignment, submissions, out_csv=None) -> Path:
 
     from otter.run import main as otter_run
 
-    assignment, submissions = Path(assignment), Path(submissions)
+    assignment, submissions = Path(assignment).resolve(), Path(submissions).resolve()
     zip_path = assignment / "autograder" / "autograder.zip"
     if not zip_path.exists():
         raise ValueError(f"assignment {assignment} has no autograder/autograder.zip (run `make assignments`)")
     files = sorted(submissions.glob("*.ipynb")) if submissions.is_dir() else []
     if not files:
         raise ValueError(f"submissions {submissions} is not a folder of .ipynb files")
-    out_csv = Path(out_csv) if out_csv else submissions / "grades.csv"
+    out_csv = Path(out_csv).resolve() if out_csv else submissions / "grades.csv"
     rows, cwd = [], os.getcwd()
     for sub in files:
         with tempfile.TemporaryDirectory() as tmp:
@@ -295,7 +295,7 @@ def grade(assignment, submissions, out_csv=None) -> Path:
             os.chdir(tmp)
             try:
                 with contextlib.redirect_stdout(io.StringIO()):
-                    res = otter_run(sub.name, autograder=str(zip_path.resolve()), output_dir=tmp, no_logo=True)
+                    res = otter_run(sub.name, autograder=str(zip_path), output_dir=tmp, no_logo=True)
             finally:
                 os.chdir(cwd)
         row = {"submission": sub.name}

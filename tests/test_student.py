@@ -199,7 +199,8 @@ def test_assignment_end_to_end(md, tmp_path, monkeypatch):
     subs.mkdir()
     nbformat.write(_submission(key), subs / "key.ipynb")
     nbformat.write(_submission(key, cheat=True), subs / "cheat.ipynb")
-    with open(grade(folder, subs)) as f:
+    monkeypatch.chdir(tmp_path)  # relative paths, as an instructor types them
+    with open(grade(folder.relative_to(tmp_path), "submissions")) as f:
         scores = {r["submission"]: (float(r["total"]), float(r["possible"])) for r in csv.DictReader(f)}
     assert scores["key.ipynb"][0] == scores["key.ipynb"][1] > 0, scores  # full marks for the answer key
     assert 0 < scores["cheat.ipynb"][0] < scores["cheat.ipynb"][1], scores  # partial: public right, hidden wrong
