@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["POINTS", "strip_solutions", "split_markdown", "master_notebook", "assign", "grade", "student_book",
+__all__ = ["POINTS", "HIDDEN_SEEDS", "strip_solutions", "split_markdown", "master_notebook", "assign", "grade", "student_book",
            "main"]
 
 #: points of a written (hand-graded) question, of a coding question's public test and of each hidden test
