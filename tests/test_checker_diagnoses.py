@@ -125,7 +125,7 @@ DELEGATIONS = [(cp.exercises.check_local_weights, _alias_imported_before),
                (cp.exercises.check_vp_coefficients, _cp_vp_std), (cp.exercises.check_gradient_estimation, _cp_heun),
                (cp.exercises.check_vp_coefficients, _cp_vp), (cp.exercises.check_ideal_denoiser, _cp_ideal),
                (cp.exercises.check_local_weights, _cp_local), (cp.exercises.check_local_weights, _aliased_local),
-               (cp.exercises.check_gradient_estimation, _cp_sampler),
+               (cp.exercises.check_gradient_estimation, _cp_sampler), (cp.exercises.check_local_weights, cp.els.local_weights),
                (cp.exercises.check_ideal_denoiser, lambda x, s, d: cp.gmm.GaussianMixture(d, 0.0).denoise(x, s))]
 
 

@@ -130,6 +130,8 @@ def _global_uses(student: Callable, forbid: Sequence[tuple[object, str]]) -> str
     """The name of a global the answer refers to that *is* a forbidden function (an alias such as
     ``from companion.els import local_weights as lw`` made before the check, which the watch cannot see)."""
     targets = {id(getattr(owner, name)): f"{getattr(owner, '__name__', '')}.{name}" for owner, name in forbid}
+    if id(getattr(student, "__func__", student)) in targets:  # the reference handed in as the answer
+        return targets[id(getattr(student, "__func__", student))]
     code, env = getattr(student, "__code__", None), getattr(student, "__globals__", {})
     stack, names = [code] if code is not None else [], set()
     while stack:  # the function and the functions/lambdas nested in it
