@@ -28,8 +28,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["POINTS", "HIDDEN_SEEDS", "strip_solutions", "split_markdown", "master_notebook", "assign", "grade", "student_book",
-           "main"]
+__all__ = ["POINTS", "HIDDEN_SEEDS", "strip_solutions", "split_markdown", "master_notebook", "assign", "grade",
+           "student_book", "main"]
 
 #: points of a written (hand-graded) question, of a coding question's public test and of each hidden test
 POINTS = {"written": 2, "public": 1, "hidden": 1}
@@ -51,13 +51,17 @@ def _chapter_path(path) -> Path:
     return path
 
 
-def _prompt(indent: str, label: str) -> str:
-    """What the student sees in place of a solution region (no uncaught error at top level)."""
+def _student_line(indent: str, label: str) -> str:
+    """The statement a student sees in place of a solution region: an error inside a function (the checker
+    reports "not implemented yet"), a ``print`` at top level (so "Run all" does not stop there)."""
     if indent:
-        line = f'raise NotImplementedError("{label}: your code here")'
-    else:
-        line = f'print("{label}: not implemented yet - write your code in this cell")'
-    return f'{indent}""" # BEGIN PROMPT\n{indent}{line}\n{indent}""" # END PROMPT\n'
+        return f'raise NotImplementedError("{label}: your code here")'
+    return f'print("{label}: not implemented yet - write your code in this cell")'
+
+
+def _prompt(indent: str, label: str) -> str:
+    """Otter's prompt block: the student line, a no-op string in the answer key."""
+    return f'{indent}""" # BEGIN PROMPT\n{indent}{_student_line(indent, label)}\n{indent}""" # END PROMPT\n'
 
 
 def strip_solutions(text: str, label: str = "exercise") -> str:
@@ -67,11 +71,6 @@ def strip_solutions(text: str, label: str = "exercise") -> str:
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     text = _BLOCK.sub(lambda m: "" if m.group(2) == "solution" else m.group(0), text)
     return _CODE_SOLUTION.sub(lambda m: m.group(1) + _student_line(m.group(1), label), text)
-
-
-def _student_line(indent: str, label: str) -> str:
-    """The statement a student sees in place of a solution region (without indentation)."""
-    return _prompt(indent, label).splitlines()[1].lstrip()
 
 
 def split_markdown(text: str) -> list[tuple[str, str, str]]:

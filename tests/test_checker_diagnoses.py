@@ -56,7 +56,7 @@ MISTAKES = {  # name: (checker, wrong answer, words the message must contain)
                        lambda t, a, b: (vp(t, a, b)[0], torch.sqrt(torch.exp(a * t + 0.5 * (b - a) * t**2) - 1)),
                        "expm1"),
     "sign of the score term": (cp.exercises.check_reverse_drift,
-                               lambda x, t, p, s, lam: float(p.f(t)) * x + 0.5 * (1 + lam**2) * float(p.g(t)) ** 2 * s(x, t),
+                               lambda x, t, p, s, lam: drift(x, t, p, lambda y, u: -s(y, u), lam),
                                "differs"),
     "drift of the wrong sign": (cp.exercises.check_reverse_drift, lambda *a: -drift(*a), "sign is flipped"),
     "factor 2": (cp.exercises.check_reverse_drift, lambda *a: 2 * drift(*a), "factor 2"),
@@ -125,7 +125,8 @@ DELEGATIONS = [(cp.exercises.check_local_weights, _alias_imported_before),
                (cp.exercises.check_vp_coefficients, _cp_vp_std), (cp.exercises.check_gradient_estimation, _cp_heun),
                (cp.exercises.check_vp_coefficients, _cp_vp), (cp.exercises.check_ideal_denoiser, _cp_ideal),
                (cp.exercises.check_local_weights, _cp_local), (cp.exercises.check_local_weights, _aliased_local),
-               (cp.exercises.check_gradient_estimation, _cp_sampler), (cp.exercises.check_local_weights, cp.els.local_weights),
+               (cp.exercises.check_gradient_estimation, _cp_sampler),
+               (cp.exercises.check_local_weights, cp.els.local_weights),
                (cp.exercises.check_ideal_denoiser, lambda x, s, d: cp.gmm.GaussianMixture(d, 0.0).denoise(x, s))]
 
 

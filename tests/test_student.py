@@ -99,7 +99,8 @@ def test_student_book_has_no_solution(tmp_path):
     for md in CHAPTERS:
         student = (out / md.name).read_text()
         assert "{solution}" not in student and "BEGIN SOLUTION" not in student
-        leaked = [ln for ln in _solution_lines(md.read_text()) if ln in student and ln not in _body_lines(md.read_text())]
+        body = _body_lines(md.read_text())
+        leaked = [ln for ln in _solution_lines(md.read_text()) if ln in student and ln not in body]
         assert not leaked, f"{md.name}: {leaked[:3]}"
 
 

@@ -89,7 +89,8 @@ def diagnose(got: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4, atol
         return "Likely cause: precision - your output is float32; compute in float64 (the inputs' dtype)."
     scale = e.abs().max()
     bad = ~torch.isclose(g, e, rtol=rtol, atol=atol)
-    if bad.any() and (e[bad].abs() < 1e-3 * scale).all() and ((g[bad] - e[bad]).abs() < 0.1 * e[bad].abs() + atol).all():
+    tiny = (e[bad].abs() < 1e-3 * scale).all()
+    if bad.any() and tiny and ((g[bad] - e[bad]).abs() < 0.1 * e[bad].abs() + atol).all():
         return ("Likely cause: precision lost where the values are tiny (cancellation). Rewrite e.g. "
                 "exp(B) - 1 as expm1(B), log(1 + y) as log1p(y), a normalised exp as softmax.")
     if _close(g, e, 1e-5, atol):
