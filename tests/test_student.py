@@ -137,6 +137,7 @@ def test_student_site_html_has_no_solution():
         leaked = [ln for ln in _solution_lines(md.read_text()) if ln in page and ln not in _body_lines(md.read_text())]
         assert not leaked, f"{md.name}: {leaked[:3]}"
         assert "not implemented" in page or "NotImplementedError" in page
+        assert "colab.research.google.com" not in pages[md.stem]  # no button to the instructor notebook
 
 
 # ---------------------------------------------------------------- end to end (run in `make notebooks`)
