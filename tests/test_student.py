@@ -160,7 +160,8 @@ def {answer}(*a):  # right on the public checker's cases only: the hidden tests 
 
 
 def _submission(notebook, cheat=False):
-    """The setup cell, the chapter's imports and the answer cells: what the autograder needs, cheaply.
+    """The setup cell, the chapter's imports and CONSTANTS and the answer cells: what the autograder needs,
+    cheaply (an answer that uses other names of the chapter gets no marks here, and the test says so).
 
     With ``cheat``, each answer is replaced (in its own cell: Otter runs a question's tests right after
     the cell that answers it) by one that is right on the public checker's cases only.
@@ -177,9 +178,8 @@ def _submission(notebook, cheat=False):
                                      cell.source, flags=re.M)
             keep.append(cell)
         else:
-            imports = [ln for ln in cell.source.splitlines() if re.match(r"(import|from) \w|F64 = ", ln)]
-            if imports:
-                keep.append(nbformat.v4.new_code_cell("\n".join(imports)))
+            imports = [ln for ln in cell.source.splitlines() if re.match(r"(import|from) \w|[A-Z][A-Z0-9_]* = ", ln)]
+            keep += [nbformat.v4.new_code_cell(ln) for ln in imports]  # one a cell: a failing one stops none
     return nbformat.v4.new_notebook(cells=keep, metadata=notebook.metadata)
 
 
