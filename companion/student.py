@@ -333,6 +333,9 @@ def student_book(book_dir, out_dir, config=None, toc=None) -> Path:
         cfg = yaml.safe_load(Path(config).read_text())
         cfg["title"] = f"{cfg.get('title', 'Book')} (student edition)"
         cfg.pop("launch_buttons", None)
+        local = (cfg.get("sphinx") or {}).get("local_extensions") or {}
+        for name, rel in local.items():  # paths are relative to the config file, which moves
+            local[name] = str((Path(config).parent / rel).resolve())
         (out_dir.parent / "_config.yml").write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
     if toc is not None:
         tree = yaml.safe_load(Path(toc).read_text())

@@ -6,6 +6,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 import pytest
+import yaml
 
 from companion.student import _BLOCK, _CODE_SOLUTION, assign, grade, master_notebook, strip_solutions, student_book
 
@@ -94,6 +95,8 @@ def test_student_book_has_no_solution(tmp_path):
     assert (out / "intro.md").read_text() == (ROOT / "book" / "intro.md").read_text()
     config = (tmp_path / "_config.yml").read_text()
     assert "student edition" in config and "colab" not in config  # the button opens instructor notebooks
+    for path in yaml.safe_load(config).get("sphinx", {}).get("local_extensions", {}).values():
+        assert Path(path).is_dir()  # still found from the moved config
     assert "instructors" not in (tmp_path / "_toc.yml").read_text() and not (out / "instructors.md").exists()
     assert not list(out.glob("*.ipynb"))
     for md in CHAPTERS:
