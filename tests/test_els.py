@@ -296,7 +296,7 @@ def test_bad_inputs():
 def test_checker_local_weights():
     from companion.exercises import check_local_weights
 
-    assert check_local_weights(els.local_weights, quiet=True)
+    assert not check_local_weights(els.local_weights, quiet=True)  # handing in the reference is delegation
 
     def wrong(x, data, sigma, patch_size):  # forgets the factor 2 in 2σ²
         return els.local_weights(x, data, sigma / 2**0.5, patch_size)
