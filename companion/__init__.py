@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 MODULES = (
     "runtime", "data", "sde", "gmm", "plotting", "widgets", "exercises",
     "fokker_planck", "reverse", "denoisers", "nets", "training", "samplers", "metrics",
-    "likelihood", "els", "jacobian", "projection", "student",
+    "likelihood", "els", "jacobian", "projection", "student", "density_tracking",
 )
 
 from . import runtime, plotting  # noqa: E402  (light, and the style applies at import)

@@ -13,7 +13,7 @@ import torch
 from ._checks import check_positive_int
 from .gmm import ring
 
-__all__ = ["TOY_2D", "IMAGE_SETS", "toy_2d", "digits", "image_set"]
+__all__ = ["TOY_2D", "IMAGE_SETS", "PHOTOS", "toy_2d", "digits", "image_set", "patches"]
 
 IMAGE_SETS = ("mnist", "fashion_mnist", "cifar10")
 
@@ -122,3 +122,54 @@ def image_set(name: str, n: int | None = None, size: int = 32, train: bool = Tru
     elif margin != 0:
         images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
     return images.contiguous(), labels
+
+
+#: the photographs of scikit-image (shipped inside the package: no download) that :func:`patches` cuts up
+PHOTOS = ("camera", "astronaut", "coffee", "brick", "grass", "gravel", "rocket", "chelsea", "moon", "coins",
+          "clock", "cell")
+
+
+@lru_cache(maxsize=4)
+def _photos(downsample: int):
+    import numpy as np
+    import skimage.data
+    from skimage.color import rgb2gray
+
+    out = []
+    for name in PHOTOS:
+        im = getattr(skimage.data, name)()
+        im = rgb2gray(im) if im.ndim == 3 else im / 255.0
+        h, w = (s // downsample * downsample for s in im.shape)
+        im = im[:h, :w].reshape(h // downsample, downsample, w // downsample, downsample).mean((1, 3))
+        out.append(torch.tensor(np.asarray(im), dtype=torch.float32))
+    return out
+
+
+def patches(n: int, size: int = 8, split: str = "train", downsample: int = 2, seed: int = 0):
+    """``n`` grey-scale patches ``(n, 1, size, size)`` in [-1, 1] of scikit-image's bundled photographs.
+
+    Each photograph of :data:`PHOTOS` is turned grey (``skimage.color.rgb2gray``), averaged over
+    ``downsample × downsample`` blocks (more detail per patch) and cut at random positions, the same
+    number from each photograph; ``split="train"`` takes patches from the left 3/4 of every photograph,
+    ``"test"`` from the right 1/4 (the two never overlap). No download: the images ship with the package.
+    Deterministic given ``seed``.
+    """
+    check_positive_int(n, "n")
+    check_positive_int(size, "size")
+    check_positive_int(downsample, "downsample")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    g = torch.Generator().manual_seed(seed + (0 if split == "train" else 1))
+    photos = _photos(downsample)
+    per = [n // len(photos) + (i < n % len(photos)) for i in range(len(photos))]
+    out = []
+    for im, m in zip(photos, per):
+        h, w = im.shape
+        cut = (3 * w) // 4
+        lo, hi = (0, cut - size) if split == "train" else (cut, w - size)
+        rows = torch.randint(0, h - size + 1, (m,), generator=g)
+        cols = torch.randint(lo, hi + 1, (m,), generator=g)
+        idx_r = rows[:, None] + torch.arange(size)
+        idx_c = cols[:, None] + torch.arange(size)
+        out.append(im[idx_r[:, :, None], idx_c[:, None, :]])
+    return (torch.cat(out)[:, None] * 2 - 1).contiguous()

@@ -134,6 +134,7 @@ TINY = {
     "ring_mlp": dict(steps=2, batch_size=8, hidden=8, depth=1, n_data=64),
     "digits_unet_lik": dict(steps=2, batch_size=8, base=8, mults=[1, 2]),
     "digits16_resnet": dict(steps=2, batch_size=8, width=8, depth=2, n_train=16),
+    "patches_unet": dict(steps=2, batch_size=8, base=8, mults=[1, 2], n_train=64),
 }
 
 
