@@ -14,6 +14,7 @@ MODULES = (
     "runtime", "data", "sde", "gmm", "plotting", "widgets", "exercises",
     "fokker_planck", "reverse", "denoisers", "nets", "training", "samplers", "metrics",
     "likelihood", "els", "jacobian", "projection", "student", "density_tracking",
+    "gahb",
 )
 
 from . import runtime, plotting  # noqa: E402  (light, and the style applies at import)

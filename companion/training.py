@@ -614,6 +614,13 @@ def main(argv=None):
     return out
 
 
+# Chapter 7's zoo (blind bias-free U-Nets) lives in companion/gahb.py
+from . import gahb as _gahb  # noqa: E402
+
+RECIPES.update(_gahb.RECIPES)
+CONFIGS.update(_gahb.CONFIGS)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(sys.argv[1:])
 

@@ -136,6 +136,8 @@ TINY = {
     "digits16_resnet": dict(steps=2, batch_size=8, width=8, depth=2, n_train=16),
     "patches_unet": dict(steps=2, batch_size=8, base=8, mults=[1, 2], n_train=64),
 }
+TINY.update({name: dict(steps=2, batch_size=4, base=2, levels=2, convs=1, size=8)  # Chapter 7's zoo
+             for name in training.RECIPES if name.startswith("gahb_")})
 
 
 def test_every_recipe_has_a_tiny_config():

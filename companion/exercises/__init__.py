@@ -17,3 +17,5 @@ from .density import check_log_density_step
 __all__ = ["Verdict", "compare", "check_vp_coefficients", "check_reverse_drift", "check_gradient_estimation",
            "check_ideal_denoiser", "check_sampler_step", "check_local_weights",
            "check_ddpm_step", "check_divergence", "check_log_density_step"]
+from .gahb import check_ideal_jacobian
+__all__ += ["check_ideal_jacobian"]
