@@ -2,8 +2,9 @@
 
 A cheap stand-in for the site build (``-W``), which fails on a missing key only after executing every
 chapter: parse ``book/reproductions.md`` for ``{glue:text}`NN_x.md::key:fmt```, and check that
-``book/NN_x.md`` exists and glues ``key``: literally (``glue("key", ...)``), through an f-string name
-(``glue(f"ch8_{key}", ...)``) whose placeholder parts appear in the chapter's source, or through a
+``book/NN_x.md`` exists and glues ``key``: literally (``glue("key", ...)``), through an f-string or
+``"prefix" + ...`` name (``glue(f"ch8_{key}", ...)``) whose placeholder parts (split at "_") appear in
+the chapter's source, or through a
 variable (``glue(key, ...)``) when ``"key"`` is a string literal of the chapter.
 """
 import re
@@ -14,13 +15,15 @@ import pytest
 BOOK = Path(__file__).resolve().parents[1] / "book"
 PAGE = BOOK / "reproductions.md"
 ROLE = re.compile(r"\{glue(?::text)?\}`([^`:]+\.md)::([^`:]+):[^`]*`")
-GLUE_CALL = re.compile(r"glue\(\s*(f?)([\"'])(.+?)\2")
+GLUE_CALL = re.compile(r"glue\(\s*(f?)([\"'])(.+?)\2(\s*\+)?")
 GLUE_VAR = re.compile(r"glue\(\s*[A-Za-z_]\w*\s*,")
 
 
 def glued_names(source: str) -> list[tuple[bool, str]]:
-    """(is_fstring, name) of every ``glue(...)`` call in a chapter source."""
-    return [(bool(f), name) for f, _, name in GLUE_CALL.findall(source)]
+    """(is_pattern, name) of every ``glue(...)`` call in a chapter source; an f-string or a
+    ``"prefix" + ...`` name is a pattern, the latter ending in a placeholder."""
+    return [(bool(f or plus), name + ("{}" if plus else ""))
+            for f, _, name, plus in GLUE_CALL.findall(source)]
 
 
 def glues(source: str, key: str) -> bool:
@@ -36,7 +39,7 @@ def glues(source: str, key: str) -> bool:
         parts = re.split(r"\{[^}]*\}", name)
         pattern = "(.+?)".join(map(re.escape, parts))
         m = re.fullmatch(pattern, key)
-        if m and all(g.lower() in low for g in m.groups()):
+        if m and all(w.lower() in low for g in m.groups() for w in g.split("_")):
             return True
     return False
 
@@ -53,13 +56,14 @@ def missing_keys(page: str, book: Path) -> list[str]:
 
 def test_key_check_detects_missing_and_renamed_keys(tmp_path):
     (tmp_path / "01_x.md").write_text(
-        'cp.runtime.glue("ch1_a", 1)\nglues = {"ratio": 2}\n'
-        'for key, val in glues.items():\n    cp.runtime.glue(f"ch1_{key}", val)\n')
-    page = ("{glue:text}`01_x.md::ch1_a:s` {glue:text}`01_x.md::ch1_ratio:s` "
-            "{glue:text}`01_x.md::ch1_c:s` "
-            "{glue:text}`01_x.md::ch1_b:s` {glue:text}`01_x.md::ch1_rate:s` "
-            "{glue:text}`02_y.md::ch2_a:s`")
-    assert missing_keys(page, tmp_path) == ["01_x.md::ch1_b", "01_x.md::ch1_rate", "02_y.md::ch2_a"]
+        'cp.runtime.glue("ch1_a", 1)\n'
+        'glues = {"ratio": 2}\nfor key, val in glues.items():\n    cp.runtime.glue(f"ch1_{key}", val)\n'
+        'named = {"ch1_c": 3}\nfor key, val in named.items():\n    cp.runtime.glue(key, val)\n'
+        'for k in ("GMM vs PNG",):\n    cp.runtime.glue("ch1_rho_" + k.replace(" vs ", "_").lower(), 0)\n')
+    good = ["ch1_a", "ch1_ratio", "ch1_c", "ch1_rho_gmm_png"]
+    bad = ["ch1_rho_gmm_zip", "ch1_b", "ch1_rate"]
+    page = " ".join(f"{{glue:text}}`01_x.md::{k}:s`" for k in good + bad) + " {glue:text}`02_y.md::ch2_a:s`"
+    assert missing_keys(page, tmp_path) == [f"01_x.md::{k}" for k in bad] + ["02_y.md::ch2_a"]
 
 
 @pytest.mark.skipif(not PAGE.exists(), reason="book/reproductions.md not written yet (issue 15)")
