@@ -68,7 +68,7 @@ class PatchBank:
         self.log_total = math.log(float(counts.sum()))
 
     def posterior_mean(self, q: torch.Tensor, inv2s2: torch.Tensor, tol: float, group: int = 32,
-                       near: int = 1024, rows_per_chunk: int = 4096) -> torch.Tensor:
+                       near: int = 512, rows_per_chunk: int = 4096) -> torch.Tensor:
         """Posterior means ``(Q, V)`` of queries ``q`` ``(Q, P)`` with ``inv2s2 = 1/2σ²`` ``(Q,)``.
 
         ``tol = 0`` keeps every candidate (deduplication alone, exact).
@@ -80,32 +80,28 @@ class PatchBank:
         pos = torch.searchsorted(self.z, zq)
         # the narrowest window any reference could give; if it covers the bank for every query, a
         # reference from a few candidates suffices (it also bounds the shift of the logits)
-        h_min = ((self.log_total - math.log(tol) - float(self.logc.max())) / s64).sqrt() if tol > 0 else None
-        if h_min is None or bool(((zq - h_min <= self.z[0]) & (zq + h_min >= self.z[-1])).all()):
-            near = min(near, 16)
-        # exact best log-weight among the `near` candidates nearest in the projection
-        lo = (pos - near // 2).clamp(0, max(0, N - near))
-        win = lo[:, None] + torch.arange(min(near, N), device=dev)[None]
-        y = self.y.to(q.dtype)
-        ref = torch.empty(Q, dtype=torch.float64, device=dev)
-        step = max(1, 2 ** 21 // (win.shape[1] * P))
-        for a in range(0, Q, step):
-            w_ = win[a:a + step]
-            d2 = (q[a:a + step, None] - y[w_]).pow(2).sum(-1).double()
-            ref[a:a + step] = (self.logc[w_] - d2 * s64[a:a + step, None]).amax(1)
         if tol > 0:
-            h = ((self.log_total - math.log(tol) - ref).clamp_min(0) / s64).sqrt()
-            first = torch.searchsorted(self.z, zq - h)
-            last = torch.searchsorted(self.z, zq + h, right=True)
-        else:
-            first, last = torch.zeros_like(pos), torch.full_like(pos, N)
-        first, last = torch.minimum(first, lo), torch.maximum(last, lo + win.shape[1])
+            h_min = ((self.log_total - math.log(tol) - float(self.logc.max())) / s64).sqrt()
+            if bool(((zq - h_min <= self.z[0]) & (zq + h_min >= self.z[-1])).all()):
+                near = min(near, 16)
+        table64 = self._table(torch.float64)[0]
         order = torch.argsort(zq)
         out = torch.empty(Q, self.v.shape[1], dtype=torch.float64, device=dev)
         for a in range(0, Q, group):
             idx = order[a:a + group]
-            rows = slice(int(first[idx].min()), int(last[idx].max()))
-            out[idx] = self._softmax_mean(q[idx], inv2s2[idx], ref[idx], rows, rows_per_chunk)
+            # exact best log-weight over the candidates nearest in the projection (one product)
+            lo = max(0, min(int(pos[idx].min()) - near // 2, N - near))
+            hi = min(N, max(int(pos[idx].max()) + near // 2, lo + near))
+            qg, sg = q[idx].double(), s64[idx, None]
+            lhs = torch.cat([2 * sg * qg, -sg, torch.ones_like(sg), -sg * qg.pow(2).sum(1, keepdim=True)], 1)
+            ref = (lhs @ table64[lo:hi].T).amax(1)
+            if tol > 0:
+                h = ((self.log_total - math.log(tol) - ref).clamp_min(0) / s64[idx]).sqrt()
+                first = min(int(torch.searchsorted(self.z, zq[idx] - h).min()), lo)
+                last = max(int(torch.searchsorted(self.z, zq[idx] + h, right=True).max()), hi)
+            else:
+                first, last = 0, N
+            out[idx] = self._softmax_mean(q[idx], inv2s2[idx], ref, slice(first, last), rows_per_chunk)
         return out.to(q.dtype)
 
     def _table(self, dtype):

@@ -183,7 +183,7 @@ class ScoreMachine:
         cache_elements: the training patches of a patch size are tabulated once and kept when the
             table has at most this many elements (otherwise they are recomputed chunk by chunk).
         tol: for the ELS classes with at least ``bank_min`` candidates (and no labels) the candidates
-            are deduplicated and bounded block-wise (:mod:`companion._els_bank`): blocks whose total
+            are deduplicated and windowed (:mod:`companion._els_bank`): candidates whose total
             weight is provably below ``tol`` times the softmax normalizer are skipped, which moves a
             posterior mean by at most ``2·tol·max|x0|``. ``tol=0`` skips nothing (exact).
         bank_min: smallest class (candidates per query) that uses the bank; ``float("inf")`` gives
