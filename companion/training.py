@@ -468,12 +468,12 @@ def load(name_or_path, device=None):
     """A trained model from the zoo (``"digits_unet"``, ...) or from a file written by :func:`save`.
 
     The file is read with ``torch.load(..., weights_only=True)``, the architecture is rebuilt from its
-    stored spec, and the model is returned in eval mode with gradients off, on ``device`` (default
-    :func:`companion.runtime.device`). ``model.checkpoint`` holds the file's recipe, config, version
+    stored spec, and the model is returned in eval mode with gradients off, on ``device`` (default:
+    the CPU). Wherever it was loaded, a model runs on the device of its input
+    (:func:`companion.nets.follow`), so ``load(name)`` followed by ``model(x.to(dev), sigma)`` runs on
+    ``dev``. ``model.checkpoint`` holds the file's recipe, config, version
     and metrics. A missing zoo file raises ``FileNotFoundError`` naming the command that makes it.
     """
-    from . import runtime
-
     path, name = _resolve(name_or_path)
     if not path.exists():
         recipe = name or "<recipe>"
@@ -482,7 +482,7 @@ def load(name_or_path, device=None):
     payload = torch.load(path, map_location="cpu", weights_only=True)
     model = nets.build(payload["architecture"])
     model.load_state_dict(payload["state_dict"])
-    model.to(device if device is not None else runtime.device()).eval().requires_grad_(False)
+    model.to(device if device is not None else "cpu").eval().requires_grad_(False)
     model.checkpoint = {k: payload[k] for k in ("recipe", "config", "version", "metrics")}
     return model
 
