@@ -45,14 +45,25 @@ def test_pair_in_sync_and_without_outputs(md):
             assert not cell.get("outputs"), f"{nb_path.name} has outputs committed"
 
 
+def release_spec():
+    """``git+URL@vVERSION``: the repository of _config.yml at the tag of the package's version."""
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    import companion
+    assert companion.__version__ == version, "companion.__version__ and pyproject.toml disagree"
+    return f"git+{CONFIG['repository']['url']}@v{version}"
+
+
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
-def test_setup_cell_installs_from_configured_repository(md):
-    url, branch = CONFIG["repository"]["url"], CONFIG["repository"]["branch"]
+def test_setup_cell_installs_the_release_when_the_import_fails(md):
+    """Try the import; else install the book's release loudly (no -q), on any platform."""
     code = [c for c in jupytext.read(md).cells if c.cell_type == "code"]
     first = code[0].source
-    assert "google.colab" in first and "pip" in first, "the first code cell must be the Colab setup cell"
-    assert f"git+{url}@{branch}" in first, f"setup cell must install git+{url}@{branch} (from _config.yml)"
+    assert first.startswith("# Setup") and "except ModuleNotFoundError:" in first
+    assert f'"{release_spec()}"' in first, f"setup cell must install {release_spec()}"
+    assert "-q" not in first and "check_returncode()" in first and "google.colab" not in first
     assert "cp.runtime.seed(" in first and "cp.runtime.describe()" in first
+    assert first == [c for c in jupytext.read(CHAPTERS[0]).cells if c.cell_type == "code"][0].source, \
+        "every chapter has the same setup cell as the first"
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
