@@ -15,6 +15,7 @@ MODULES = (
     "runtime", "data", "sde", "gmm", "plotting", "widgets", "exercises",
     "fokker_planck", "reverse", "denoisers", "nets", "training", "samplers", "metrics",
     "likelihood", "els", "jacobian", "projection", "student",
+    "colab",
 )
 
 #: only those present on disk: a module named above whose file is not there yet is left out,

@@ -79,6 +79,45 @@ def test_chapter_template(md):
 
 def test_colab_configuration():
     assert CONFIG["launch_buttons"]["colab_url"].startswith("https://colab.research.google.com")
-    assert CONFIG["repository"]["path_to_book"] == "book"
+    colab_dir = ROOT / CONFIG["repository"]["path_to_book"]     # the Colab button's folder
+    assert all((colab_dir / f"{md.stem}.ipynb").exists() for md in CHAPTERS)
     assert "**.ipynb" in CONFIG["exclude_patterns"]
     assert CONFIG["execute"]["raise_on_error"] is True
+
+
+def _run_setup_cell(monkeypatch, returncode, stderr):
+    """Execute Chapter 1's setup cell where ``import companion`` fails and pip is a stub."""
+    import builtins
+    import subprocess
+
+    calls, real_import = [], builtins.__import__
+
+    def no_companion(name, *args, **kwargs):
+        if name == "companion" and not calls:
+            raise ModuleNotFoundError("No module named 'companion'")
+        return real_import(name, *args, **kwargs)
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, returncode, stdout="pip says hello", stderr=stderr)
+
+    monkeypatch.setattr(builtins, "__import__", no_companion)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    source = [c for c in jupytext.read(CHAPTERS[0]).cells if c.cell_type == "code"][0].source
+    exec(compile(source, "setup-cell", "exec"), {})
+    return calls
+
+
+def test_setup_cell_installs_loudly_when_the_import_fails(monkeypatch, capsys):
+    calls = _run_setup_cell(monkeypatch, 0, "")
+    assert calls and calls[0][1:4] == ["-m", "pip", "install"] and calls[0][-1] == release_spec()
+    out = capsys.readouterr().out
+    assert "installing the companion package" in out and "pip says hello" in out and "describe" not in out
+
+
+def test_setup_cell_shows_pip_errors(monkeypatch, capsys):
+    import subprocess
+
+    with pytest.raises(subprocess.CalledProcessError):
+        _run_setup_cell(monkeypatch, 1, "ERROR: could not find v0.1.0")
+    assert "ERROR: could not find v0.1.0" in capsys.readouterr().out
