@@ -3,20 +3,20 @@
 Colab does not render MyST, so the notebooks the website's Colab button opens are generated from
 ``book/NN_name.md`` (the source of truth) by :func:`colab_notebook`:
 
-* ``:::{solution}`` blocks become collapsed ``<details>`` blocks, exercises are numbered
-  (``**Exercise 3.**``) and admonitions become block quotes;
-* ``{cite}`` / ``{cite:t}`` become author–year text from ``book/references.bib``
+* ``solution`` blocks become collapsed ``<details>`` blocks, exercises are numbered
+  ("**Exercise 3.**") and admonitions become block quotes;
+* the ``cite`` and ``cite:t`` roles become author–year text from ``book/references.bib``
   ("(Karras et al. 2022)", "Karras et al. (2022)");
-* labelled equations ``$$ … $$ (label)`` get ``\\tag{n}`` and ``{eq}`label``` becomes "(n)";
-  ``{ref}`` becomes the exercise number or section title it points to, ``{doc}`` a link to the
-  other chapter's Colab notebook;
-* ``{glue:text}`name``` becomes the value computed by the website's build, read from a small
+* labelled equations ``$$ … $$ (label)`` get ``\tag{n}`` and the ``eq`` role becomes "(n)"; the
+  ``ref`` role becomes the exercise number or section title it points to, the ``doc`` role a link
+  to the other chapter's Colab notebook;
+* the ``glue:text`` role becomes the value computed by the website's build, read from a small
   store (``colab/glue.json``) that :func:`glue_values` fills from executed notebooks; a value not
-  in the store is shown as ```[name]``` (a number the cells above compute).
+  in the store is shown as ``[name]`` (a number the cells above compute).
 
 Command line (from the repository root)::
 
-    python -m companion.colab                                  # regenerate colab/*.ipynb
+    python -m companion.colab                                      # regenerate colab/*.ipynb
     python -m companion.colab --glue-from _build/jupyter_execute   # first refresh colab/glue.json
 
 A test regenerates every notebook and compares it with the committed one.
@@ -30,7 +30,7 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["parse_bib", "cite_text", "glue_values", "convert_markdown", "colab_notebook", "main"]
+__all__ = ["parse_bib", "cite_text", "glue_values", "convert_markdown", "colab_notebook", "build_all", "main"]
 
 _ACCENTS = {"\\'": "\u0301", '\\"': "\u0308", "\\`": "\u0300", "\\^": "\u0302", "\\~": "\u0303"}
 _LETTERS = {"\\l": "ł", "\\o": "ø", "\\ss": "ß", "\\L": "Ł", "\\O": "Ø"}
@@ -60,7 +60,10 @@ def parse_bib(text: str) -> dict:
 
 
 def cite_text(keys: str, bib: dict, textual: bool = False) -> str:
-    """Author–year text for ``{cite}`keys``` (parenthetical) or ``{cite:t}`keys``` (textual)."""
+    """Author–year text for the ``cite`` role (parenthetical) or the ``cite:t`` role (textual).
+
+    ``keys``: comma-separated BibTeX keys; ``bib``: :func:`parse_bib`'s dict.
+    """
     parts = []
     for key in (k.strip() for k in keys.split(",")):
         if key not in bib:
@@ -86,7 +89,7 @@ def glue_values(executed_notebook) -> dict:
 
 
 def _format_glue(text: str, spec: str) -> str:
-    """What ``{glue:text}`` shows: the text/plain value, unquoted, formatted with ``spec`` (myst-nb)."""
+    """What the ``glue:text`` role shows: the text/plain value, unquoted, formatted with ``spec`` (myst-nb)."""
     try:
         value = ast.literal_eval(text)
     except (SyntaxError, ValueError):
@@ -132,7 +135,7 @@ def _role(m, ctx: _Context) -> str:
 
 
 def _directives(lines: list, ctx: _Context, counter: list) -> list:
-    """Rewrite ``:::{name} … :::`` blocks (possibly nested) into plain markdown."""
+    """Rewrite colon-fenced directive blocks (possibly nested) into plain markdown."""
     out, i = [], 0
     while i < len(lines):
         m = re.match(r"^(:{3,})\{([\w-]+)\}\s*(.*)$", lines[i])
@@ -183,7 +186,7 @@ def colab_notebook(md, bib: dict, glue: dict | None = None, links: dict | None =
         md: path of ``book/NN_name.md``.
         bib: :func:`parse_bib` of ``book/references.bib``.
         glue: ``{name: text/plain}`` of the chapter's glued values (missing ones become ``[name]``).
-        links: ``{doc name: (title, url)}`` for ``{doc}`` references to other chapters.
+        links: ``{doc name: (title, url)}`` for ``doc`` references to other chapters.
         header: markdown of a first cell saying what this notebook is.
     """
     import jupytext
@@ -220,7 +223,7 @@ def _header(md: Path, repo: str, title: str) -> str:
 def build_all(book: Path, out: Path, repo: str, branch: str, folder: str | None = None) -> list:
     """Write ``out/NN_name.ipynb`` for every ``book/[0-9]*.md``; returns the paths written.
 
-    ``{doc}`` links point to ``folder`` (default ``out``'s name) of ``repo`` at ``branch`` on Colab.
+    ``doc`` links point to ``folder`` (default ``out``'s name) of ``repo`` at ``branch`` on Colab.
     """
     import nbformat
 
