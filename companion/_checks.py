@@ -76,3 +76,12 @@ def check_positive_int(n, name: str) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ValueError(f"{name} must be a positive int, got {n!r}")
     return n
+
+
+def follow_device(obj, names, device) -> None:
+    """The package's device rule for tensor-holding machines: move ``obj``'s tensor attributes
+    ``names`` (``None`` allowed) to ``device``, the device of the input, in place."""
+    for name in names:
+        t = getattr(obj, name)
+        if t is not None and t.device != torch.device(device):
+            setattr(obj, name, t.to(device))

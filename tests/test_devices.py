@@ -89,3 +89,16 @@ def test_modules_lists_exactly_the_modules_on_disk():
     on_disk = {m.name for m in pkgutil.iter_modules([str(here)]) if not m.name.startswith("_")}
     assert set(cp.MODULES) == on_disk
     assert "likelihood" not in dir(cp) or (here / "likelihood.py").is_file()
+
+
+def test_machines_follow_their_input():
+    """Ground-truth machines (exact mixture, ideal denoiser) compute on the device of their input."""
+    ring = cp.gmm.ring()
+    x = torch.zeros(6, 2, device=META)
+    for out in (ring.score(x, 0.5), ring.denoise(x, 0.5), ring.log_prob(x, 0.5)):
+        assert out.device == META and out.shape[0] == 6
+    score = cp.reverse.mixture_score(cp.gmm.ring(), cp.sde.VP())
+    assert score(x, 0.3).device == META
+    D = cp.denoisers.IdealDenoiser(torch.randn(20, 1, 4, 4), labels=torch.arange(20) % 3)
+    out = D(torch.zeros(3, 1, 4, 4, device=META), 0.2, torch.tensor([0, 1, 2]))
+    assert out.device == META and out.shape == (3, 1, 4, 4)
