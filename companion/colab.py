@@ -106,7 +106,9 @@ class _Context:
 
     def __init__(self, text: str, bib: dict, glue: dict, links: dict):
         self.bib, self.glue, self.links = bib, glue, links
-        self.equations = {lab: i + 1 for i, lab in enumerate(re.findall(r"^\$\$[ \t]*\((\S+)\)[ \t]*$", text, re.M))}
+        labels = re.findall(r"^\$\$[ \t]*\((\S+)\)[ \t]*$|^[:`]{3,}\{math\}[^\n]*\n(?::\w+:[^\n]*\n)*?:label:\s*(\S+)",
+                            text, re.M)
+        self.equations = {a or b: i + 1 for i, (a, b) in enumerate(labels)}
         self.exercises = {lab: i + 1 for i, lab in enumerate(
             re.findall(r"^:{3,}\{exercise\}[^\n]*\n(?::\w+:[^\n]*\n)*?:label:\s*(\S+)", text, re.M))}
         self.sections = {lab: title.strip() for lab, title in
@@ -123,6 +125,8 @@ def _role(m, ctx: _Context) -> str:
     if role in ("glue", "glue:text"):
         name, _, spec = content.partition(":")
         return _format_glue(ctx.glue[name], spec) if name in ctx.glue else f"`[{name}]`"
+    if role == "math":
+        return f"${content}$"
     if role == "eq":
         return f"({ctx.equations[label]})" if label in ctx.equations else f"({label})"
     if role in ("ref", "numref"):
@@ -138,7 +142,7 @@ def _directives(lines: list, ctx: _Context, counter: list) -> list:
     """Rewrite colon-fenced directive blocks (possibly nested) into plain markdown."""
     out, i = [], 0
     while i < len(lines):
-        m = re.match(r"^(:{3,})\{([\w-]+)\}\s*(.*)$", lines[i])
+        m = re.match(r"^(:{3,}|`{3,})\{([\w:-]+)\}\s*(.*)$", lines[i])
         if not m:
             out.append(lines[i])
             i += 1
@@ -148,10 +152,17 @@ def _directives(lines: list, ctx: _Context, counter: list) -> list:
         if end is None:
             raise ValueError(f"unclosed {fence}{{{name}}} block: {lines[i]!r}")
         body = lines[i + 1:end]
+        options = {}
         while body and re.match(r"^:[\w-]+:", body[0]):
-            body = body[1:]
+            key, _, value = body[0][1:].partition(":")
+            options[key], body = value.strip(), body[1:]
         body = _directives(body, ctx, counter)
-        if name == "exercise":
+        if name == "math":
+            tag = [f"\\tag{{{ctx.equations[options['label']]}}}"] if options.get("label") in ctx.equations else []
+            out += ["$$"] + body + tag + ["$$"]
+        elif name in ("figure", "image"):
+            out += [f"![{options.get('alt', '')}]({arg})", ""] + [f"*{line}*" if line.strip() else line for line in body]
+        elif name == "exercise":
             counter[0] += 1
             title = f" ({arg})" if arg else ""
             out += [f"**Exercise {counter[0]}.**{title} " + (body[0] if body else "")] + body[1:]

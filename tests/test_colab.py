@@ -82,6 +82,10 @@ def test_convert_markdown_equations_exercises_glue_and_refs():
     assert "**Exercise 1.** First." in out and "**Exercise 2.** Second." in out
     assert "<details>\n<summary><b>Solution</b> (click to show)</summary>\n\nYes.\n\n</details>" in out
     assert "> **Paper vs measured**\n>\n> Close (Kamb and Ganguli 2025)." in out
+    fenced = ("```{math}\n:label: eq-c\nz = 2\n```\n\n```{figure} fig.png\n:alt: a plot\nThe caption.\n```\n"
+              "Inline {math}`a^2` and {eq}`eq-c`.")
+    out = colab.convert_markdown(fenced, colab._Context(fenced, BIB, {}, {}))
+    assert out == "$$\nz = 2\n\\tag{1}\n$$\n\n![a plot](fig.png)\n\n*The caption.*\nInline $a^2$ and (1)."
     with pytest.raises(ValueError, match="unclosed"):
         colab.convert_markdown(":::{exercise}\nno end\n", ctx)
 
