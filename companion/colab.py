@@ -106,8 +106,9 @@ class _Context:
 
     def __init__(self, text: str, bib: dict, glue: dict, links: dict):
         self.bib, self.glue, self.links = bib, glue, links
-        labels = re.findall(r"^\$\$[ \t]*\((\S+)\)[ \t]*$|^[:`]{3,}\{math\}[^\n]*\n(?::\w+:[^\n]*\n)*?:label:\s*(\S+)",
-                            text, re.M)
+        dollar = r"^\$\$[ \t]*\((\S+)\)[ \t]*$"                               # $$ ... $$ (label)
+        fenced = r"^[:`]{3,}\{math\}[^\n]*\n(?::\w+:[^\n]*\n)*?:label:\s*(\S+)"    # {math} + :label:
+        labels = re.findall(f"{dollar}|{fenced}", text, re.M)
         self.equations = {a or b: i + 1 for i, (a, b) in enumerate(labels)}
         self.exercises = {lab: i + 1 for i, lab in enumerate(
             re.findall(r"^:{3,}\{exercise\}[^\n]*\n(?::\w+:[^\n]*\n)*?:label:\s*(\S+)", text, re.M))}
@@ -158,10 +159,11 @@ def _directives(lines: list, ctx: _Context, counter: list) -> list:
             options[key], body = value.strip(), body[1:]
         body = _directives(body, ctx, counter)
         if name == "math":
-            tag = [f"\\tag{{{ctx.equations[options['label']]}}}"] if options.get("label") in ctx.equations else []
-            out += ["$$"] + body + tag + ["$$"]
+            n = ctx.equations.get(options.get("label"))
+            out += ["$$"] + body + ([f"\\tag{{{n}}}"] if n else []) + ["$$"]
         elif name in ("figure", "image"):
-            out += [f"![{options.get('alt', '')}]({arg})", ""] + [f"*{line}*" if line.strip() else line for line in body]
+            caption = [f"*{line}*" if line.strip() else line for line in body]
+            out += [f"![{options.get('alt', '')}]({arg})", ""] + caption
         elif name == "exercise":
             counter[0] += 1
             title = f" ({arg})" if arg else ""
