@@ -74,9 +74,17 @@ def cite_text(keys: str, bib: dict, textual: bool = False) -> str:
 
 
 def glue_values(executed_notebook) -> dict:
-    """``{name: text}`` of every value glued (``myst_nb.glue``) in an executed ``.ipynb`` file."""
+    """``{name: text}`` of every value glued (``myst_nb.glue``) in an executed ``.ipynb`` file.
+
+    A Jupyter Book build moves them out of the notebook into ``NN_name.glue.json`` next to it
+    (``_build/jupyter_execute``); that file is read when it exists.
+    """
     import nbformat
 
+    sidecar = Path(executed_notebook).with_suffix(".glue.json")
+    if sidecar.exists():
+        return {name: out["data"]["text/plain"] for name, out in json.loads(sidecar.read_text()).items()
+                if "text/plain" in out.get("data", {})}
     nb = nbformat.read(str(executed_notebook), as_version=4)
     values = {}
     for cell in nb.cells:

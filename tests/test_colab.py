@@ -97,4 +97,7 @@ def test_glue_values_read_from_an_executed_notebook(tmp_path):
     cell = nbformat.v4.new_code_cell("glue('half', '0.5')", outputs=[out])
     nbformat.write(nbformat.v4.new_notebook(cells=[cell]), tmp_path / "x.ipynb")
     assert colab.glue_values(tmp_path / "x.ipynb") == {"half": "'0.5'"}
+    # a Jupyter Book build keeps them in x.glue.json instead (un-prefixed mime types)
+    (tmp_path / "x.glue.json").write_text(json.dumps({"third": {"data": {"text/plain": "'0.33'"}}}))
+    assert colab.glue_values(tmp_path / "x.ipynb") == {"third": "'0.33'"}
     assert colab._format_glue("'0.5'", "") == "0.5" and colab._format_glue("0.123", ".1%") == "12.3%"
