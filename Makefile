@@ -39,7 +39,8 @@ colab: $(VENV)/.installed
 site: $(VENV)/.installed
 	rm -rf _build
 	TQDM_DISABLE=1 COMPANION_PROFILE=quick $(VENV)/bin/jupyter-book build $(BOOK_FLAGS) -W --keep-going
-	$(PY) -m pytest -q tests -m site
+	@command -v chromedriver >/dev/null || printf "\n*** BROWSER TEST SKIPPED: no chromium-driver (apt-get install chromium chromium-driver) ***\n\n"
+	$(PY) -m pytest -q -rs tests -m site
 
 # regenerate every paired notebook from its .md source
 sync: $(VENV)/.installed

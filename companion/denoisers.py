@@ -22,7 +22,7 @@ Salimans & Ho's v-prediction),
 
 (EDM's ``c_skip`` and ``c_out``), ``x0 = x − σ ε`` and ``x0 = x + σ² score`` (Tweedie).
 Every target is an affine function of ``x0`` at fixed ``x, σ``, so the squared error in one target
-is a σ-dependent multiple λ(σ) of the squared error in ``x0``: :func:`loss_weight`.
+is a σ-dependent multiple ω(σ) of the squared error in ``x0``: :func:`loss_weight`.
 """
 from __future__ import annotations
 
@@ -124,12 +124,13 @@ def target_from_x0(x0, target: str, x, sigma, sigma_data: float = 1.0) -> torch.
 
 
 def loss_weight(target: str, sigma, sigma_data: float = 1.0) -> torch.Tensor:
-    r"""λ(σ) with ``‖target − target_hat‖² = λ(σ) ‖x0 − x0_hat‖²`` at every ``x``.
+    r"""ω(σ) with ``‖target − target_hat‖² = ω(σ) ‖x0 − x0_hat‖²`` at every ``x``.
 
     ``x0``: 1; ``eps``: 1/σ²; ``score``: 1/σ⁴;
     ``v``: (1 + σ'²)/(σ'² σ_data²) = (σ² + σ_data²)/(σ σ_data)²
-    with σ' = σ/σ_data (EDM's λ(σ), Karras et al. 2022, Table 1). Training on a target with the plain
-    MSE is therefore x0-regression weighted by λ(σ).
+    with σ' = σ/σ_data (EDM's λ(σ), Karras et al. 2022, Table 1; the book writes ω, keeping λ for the
+    reverse-time family). Training on a target with the plain
+    MSE is therefore x0-regression weighted by ω(σ).
 
     Args:
         target: one of :data:`TARGETS`.

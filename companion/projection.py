@@ -21,10 +21,13 @@ this module gives
   :math:`\|σ_t ε_θ(x, σ_t) - \nabla f(x)\| \le η \operatorname{dist}_K(x)` whenever
   :math:`\operatorname{dist}_K(x)/ν \le \sqrt n σ_t \le ν \operatorname{dist}_K(x)`, with
   :math:`f = \tfrac12 \operatorname{dist}_K^2` and :math:`\nabla f(x) = x - \operatorname{proj}_K(x)`;
-* :func:`budget_schedule`: the σ's a sampler visits for a given budget of denoiser calls (NFE), with
-  the two spacings compared in the paper (DDPM's timesteps subsampled uniformly, and log-linear);
-* :func:`sampler_table`: the experiment of the paper's Table 2 (samplers × spacings × NFE), scored by
-  any sample-quality function (:func:`run_sampler` runs one cell), and :func:`format_table` prints it.
+* :func:`budget_schedule`: the σ's a sampler visits for a given budget of denoiser calls (NFE), for
+  the schedules compared in the paper (:data:`SCHEDULES`: DDPM's timesteps subsampled uniformly,
+  EDM's, log-linear);
+* :func:`sampler_table`: the experiment of the paper's Table 2 (samplers × schedules × NFE), scored by
+  any sample-quality function (:func:`run_sampler` runs one cell), and :func:`format_table` prints it;
+  :func:`ode_reference` is the exact probability-flow-ODE endpoint that deterministic samplers of an
+  exact denoiser are scored against.
 
 Images ``(B, C, H, W)`` are flattened to vectors of length ``n = C·H·W``; the data set ``data``
 has shape ``(M, *shape)`` with the same trailing shape as ``x``. Distances are computed from
@@ -42,7 +45,7 @@ from .metrics import nearest_neighbour_distance
 
 __all__ = [
     "smoothed_dist2", "dist", "project", "relative_error", "Recorder",
-    "ErrorModel", "error_model", "SPACINGS", "budget_schedule",
+    "ErrorModel", "error_model", "SPACINGS", "SCHEDULES", "budget_schedule", "ode_reference",
     "SAMPLERS", "run_sampler", "sampler_table", "format_table",
 ]
 
@@ -251,6 +254,18 @@ class ErrorModel:
         e = self.eta.reshape(-1)
         return torch.quantile(e[torch.isfinite(e)].double(), q).item()
 
+    def eta_within(self, nu: float, q: float = 1.0) -> float:
+        r"""The ``q``-quantile of η over the points inside the ν band, :math:`1/ν \le r \le ν` (r = ratio).
+
+        The error model only asks for η where the band condition holds, so this is the η that goes
+        with a given ν (NaN if no point is inside the band).
+        """
+        if isinstance(nu, bool) or not isinstance(nu, (int, float)) or not nu >= 1:
+            raise ValueError(f"nu must be a number >= 1, got {nu!r}")
+        r, e = self.ratio.reshape(-1), self.eta.reshape(-1)
+        inside = (r >= 1 / nu) & (r <= nu) & torch.isfinite(e)
+        return torch.quantile(e[inside].double(), q).item() if inside.any() else float("nan")
+
 
 def error_model(xs, sigmas, denoised, data) -> ErrorModel:
     r"""Estimate the paper's relative-error model (ν, η) along recorded trajectories.
@@ -289,36 +304,65 @@ def error_model(xs, sigmas, denoised, data) -> ErrorModel:
 
 
 #: the σ spacings of :func:`budget_schedule`
-SPACINGS = ("ddpm", "loglinear")
+SPACINGS = ("ddpm", "ddpm-leading", "karras", "loglinear")
+
+#: the schedules of Chapter 8's tables: label -> (spacing, end points); see :func:`budget_schedule`
+SCHEDULES = {
+    "DDPM-uniform": ("ddpm", {}),
+    "DDPM-leading": ("ddpm-leading", {}),
+    "EDM (ρ = 7)": ("karras", {}),
+    "log-linear 157→0.01": ("loglinear", {}),
+    "log-linear 12.3→0.1": ("loglinear", dict(sigma_min=0.1, sigma_max=12.3)),
+    "log-linear 12.3→0.1→0": ("loglinear", dict(sigma_min=0.1, sigma_max=12.3, to_zero=True)),
+}
 
 
-def budget_schedule(spacing: str, nfe: int, heun: bool = False, sigma_min: float = 0.01,
-                    sigma_max: float | None = None) -> torch.Tensor:
+def _steps(spacing: str, nfe: int, heun: bool, to_zero: bool) -> int:
+    """Steps of a schedule that fit ``nfe`` calls (Heun: 2 per step, 1 for a final step to σ = 0)."""
+    if not heun:
+        return nfe
+    steps = (nfe + 1) // 2 if to_zero else nfe // 2
+    if steps < 1:
+        raise ValueError(f"nfe = {nfe} is too small for Heun on the {spacing!r} spacing (needs 2 calls)")
+    return steps
+
+
+def budget_schedule(spacing: str, nfe: int, heun: bool = False, sigma_min: float | None = None,
+                    sigma_max: float | None = None, to_zero: bool | None = None) -> torch.Tensor:
     r"""The noise levels a sampler visits when it may call the denoiser ``nfe`` times.
 
-    Spacings (Permenter & Yuan 2024, Sec. 6):
+    Spacings (Permenter & Yuan 2024, Sec. 6, the rows of their schedule table):
 
     * ``"ddpm"``: DDPM's discrete levels (linear β, T = 1000; :func:`companion.samplers.ddpm`) at the
-      evenly spaced timesteps :math:`\mathrm{round}(T(1 - k/N))`, k = 0..N−1 (the DDIM baseline);
-    * ``"loglinear"``: evenly spaced in log σ (:func:`companion.samplers.loglinear`) from
-      ``sigma_max`` (default DDPM's :math:`σ_T ≈ 157`, so both spacings start at the same level) down to
-      ``sigma_min`` (default 0.01 ≈ DDPM's :math:`σ_1`).
+      evenly spaced timesteps :math:`\mathrm{round}(T(1 - k/N))`, k = 0..N−1 ("trailing": starts at
+      :math:`σ_T ≈ 157`, last positive level :math:`σ_{T/N}`), then 0;
+    * ``"ddpm-leading"``: DDIM's original timesteps :math:`1 + jT/N`, j = N−1..0 (starts at
+      :math:`σ_{901} ≈ 61` for N = 10, ends at :math:`σ_1 ≈ 0.01`), then 0;
+    * ``"karras"``: EDM's schedule (:func:`companion.samplers.karras`, ρ = 7, default end points
+      80 → 0.002), then 0;
+    * ``"loglinear"``: N + 1 levels evenly spaced in log σ from ``sigma_max`` (default DDPM's
+      :math:`σ_T ≈ 157`) to ``sigma_min`` (default 0.01 ≈ DDPM's :math:`σ_1`), *without* a final 0: the
+      N steps end at ``sigma_min`` and no call is made there (Algorithm 2's
+      :math:`σ_N > \dots > σ_0 > 0`); with ``to_zero=True`` instead N levels from ``sigma_max`` to
+      ``sigma_min`` and then 0, so the last call, at ``sigma_min``, takes the step to σ = 0.
 
-    Every schedule ends with σ = 0, where :func:`companion.samplers.sample` and
-    :func:`companion.samplers.heun` return the denoised estimate, so all samplers finish the same way.
-    For the (γ, μ) family of ``sample`` (``heun=False``) the schedule has ``nfe`` positive levels:
-    ``nfe`` steps, one denoiser call each. For EDM's Heun sampler (``heun=True``) it has
-    k = ⌈nfe/2⌉ positive levels: k − 1 Heun steps (two calls each) and a last Euler step to 0 (one
-    call), so NFE = 2k − 1 ≤ ``nfe`` (equal for odd ``nfe``, one less for even).
+    For the (γ, μ) family of :func:`companion.samplers.sample` (``heun=False``) the schedule has N =
+    ``nfe`` steps, one denoiser call each (a last step to σ = 0 is a call like any other). For EDM's
+    Heun sampler (``heun=True``) each step costs two calls except a final Euler step to σ = 0: on the
+    spacings ending with 0 it gets k = ⌈nfe/2⌉ steps (2k − 1 calls), on ``"loglinear"`` k = ⌊nfe/2⌋
+    (2k calls; with ``to_zero``, like the others); so NFE ≤ ``nfe``, one less for some parities.
 
     Args:
-        spacing: ``"ddpm"`` or ``"loglinear"``.
+        spacing: one of :data:`SPACINGS`.
         nfe: the budget of denoiser calls (a positive int).
         heun: the schedule for :func:`companion.samplers.heun` instead.
-        sigma_min, sigma_max: end points of the log-linear spacing (not used by ``"ddpm"``).
+        sigma_min, sigma_max: end points of ``"loglinear"`` and ``"karras"`` (None: the defaults above;
+            the DDPM spacings have fixed levels and reject them).
+        to_zero: end ``"loglinear"`` with a step to σ = 0 (the other spacings always do; None: the
+            spacing's default).
 
     Returns:
-        Descending 1-D float tensor ending with 0.
+        Descending 1-D float tensor (``steps + 1`` levels).
     """
     from . import samplers
 
@@ -326,11 +370,22 @@ def budget_schedule(spacing: str, nfe: int, heun: bool = False, sigma_min: float
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe <= 0:
         raise ValueError(f"nfe must be a positive int, got {nfe!r}")
-    levels = (nfe + 1) // 2 if heun else nfe
-    if spacing == "ddpm":
-        return samplers.ddpm(levels)
+    if to_zero is not None and spacing != "loglinear":
+        raise ValueError(f"to_zero applies to the 'loglinear' spacing only; {spacing!r} always ends with 0")
+    to_zero = spacing != "loglinear" or bool(to_zero)
+    steps = _steps(spacing, nfe, heun, to_zero)
+    if spacing.startswith("ddpm"):
+        if sigma_min is not None or sigma_max is not None:
+            raise ValueError(f"sigma_min/sigma_max do not apply to the {spacing!r} spacing (fixed levels)")
+        return samplers.ddpm(steps, spacing="trailing" if spacing == "ddpm" else "leading")
+    if spacing == "karras":
+        return samplers.karras(steps, 0.002 if sigma_min is None else sigma_min,
+                               80.0 if sigma_max is None else sigma_max)
     hi = float(samplers.ddpm(1000, append_zero=False)[0]) if sigma_max is None else sigma_max
-    return samplers.loglinear(levels, sigma_min, hi)
+    lo = 0.01 if sigma_min is None else sigma_min
+    if to_zero:
+        return samplers.loglinear(steps, lo, hi)
+    return samplers.loglinear(steps + 1, lo, hi, append_zero=False)
 
 
 #: the samplers compared in Chapter 8: (γ, μ) of :func:`companion.samplers.sample`, or ``"heun"``
@@ -342,8 +397,16 @@ SAMPLERS = {
 }
 
 
+def _params(sampler):
+    """``sample``'s keyword arguments of a sampler spec, or ``"heun"``."""
+    params = SAMPLERS.get(sampler, sampler) if isinstance(sampler, str) else sampler
+    if not (params == "heun" or isinstance(params, dict)):
+        raise ValueError(f"sampler must be one of {list(SAMPLERS)}, 'heun' or a dict of gamma/mu, got {sampler!r}")
+    return params
+
+
 def run_sampler(D, sampler, spacing: str, nfe: int, noise, generator: torch.Generator | None = None,
-                sigma_min: float = 0.01, sigma_max: float | None = None):
+                sigma_min: float | None = None, sigma_max: float | None = None, to_zero: bool | None = None):
     r"""Draw samples with one sampler and spacing under a budget of ``nfe`` denoiser calls.
 
     Starts from :math:`x_N = σ_{\max}\,z` with the given standard-normal ``noise`` z (pass the same
@@ -355,22 +418,22 @@ def run_sampler(D, sampler, spacing: str, nfe: int, noise, generator: torch.Gene
         D: denoiser ``D(x, sigma) -> x0_hat``.
         sampler: a name in :data:`SAMPLERS`, a dict of ``sample``'s keyword arguments (e.g.
             ``dict(gamma=1.5)``) or ``"heun"``.
-        spacing: ``"ddpm"`` or ``"loglinear"``.
+        spacing: one of :data:`SPACINGS`.
         nfe: budget of denoiser calls.
         noise: ``(B, *shape)`` standard normal start.
         generator: for the stochastic samplers (μ > 0).
-        sigma_min, sigma_max: end points of the log-linear spacing (see :func:`budget_schedule`).
+        sigma_min, sigma_max, to_zero: end points of the ``"loglinear"``/``"karras"`` spacings (see
+            :func:`budget_schedule`).
 
     Returns:
         ``(samples, nfe_used)``: ``(B, *shape)`` and the number of denoiser calls made.
     """
     from . import samplers
 
-    params = SAMPLERS.get(sampler, sampler) if isinstance(sampler, str) else sampler
-    if not (params == "heun" or isinstance(params, dict)):
-        raise ValueError(f"sampler must be one of {list(SAMPLERS)}, 'heun' or a dict of gamma/mu, got {sampler!r}")
+    params = _params(sampler)
     heun = params == "heun"
-    sigmas = budget_schedule(spacing, nfe, heun=heun, sigma_min=sigma_min, sigma_max=sigma_max)
+    sigmas = budget_schedule(spacing, nfe, heun=heun, sigma_min=sigma_min, sigma_max=sigma_max,
+                             to_zero=to_zero)
     rec = Recorder(D, keep=False)
     noise = as_tensor(noise, "noise")
     with torch.inference_mode():
@@ -382,41 +445,68 @@ def run_sampler(D, sampler, spacing: str, nfe: int, noise, generator: torch.Gene
     return out, rec.nfe
 
 
-def sampler_table(D, noise, score, nfes=(5, 10, 20, 50), samplers=None, spacings=SPACINGS, seed: int = 0,
-                  progress: bool = True, **schedule) -> dict:
-    r"""Score every sampler × spacing × NFE combination (the experiment of Permenter & Yuan 2024, Table 2).
+def ode_reference(D, sigmas, noise, levels: int = 1000) -> torch.Tensor:
+    r"""The probability-flow-ODE solution from :math:`σ_{\rm first}\,z` to :math:`σ_{\rm last}` of ``sigmas``.
+
+    Integrates :math:`dx/dσ = (x - D(x;σ))/σ` with EDM's Heun sampler on ``levels`` levels evenly
+    spaced in log σ from ``sigmas[0]`` to ``sigmas[-1]`` (to 1e-4, then an Euler step to 0, when the
+    schedule ends at 0): the reference a deterministic sampler on ``sigmas`` approximates.
+
+    Args:
+        D: denoiser; sigmas: a schedule (only its end points are used); noise: ``(B, *shape)`` z.
+        levels: fine levels (≈ 2 · ``levels`` denoiser calls).
+
+    Returns:
+        ``(B, *shape)``.
+    """
+    from . import samplers
+
+    s = samplers.check_sigmas(sigmas)
+    hi, lo = float(s[0]), float(s[-1])
+    fine = samplers.loglinear(levels, lo if lo > 0 else min(1e-4, float(s[-2])), hi, append_zero=lo == 0)
+    with torch.inference_mode():
+        return samplers.heun(D, fine, hi * as_tensor(noise, "noise"))
+
+
+def sampler_table(D, noise, score, nfes=(5, 10, 20, 50), samplers=None, schedules=None, seed: int = 0,
+                  progress: bool = True) -> dict:
+    r"""Score every sampler × schedule × NFE combination (the experiment of Permenter & Yuan 2024, Table 2).
 
     Args:
         D: denoiser ``D(x, sigma) -> x0_hat``.
         noise: ``(B, *shape)`` standard normal start, shared by all runs.
-        score: ``score(samples) -> float``, lower is better (e.g. a Fréchet distance to the data).
+        score: ``score(samples, sigmas) -> float``, lower is better (e.g. a Fréchet distance to the
+            data); ``sigmas`` is the schedule that produced the samples (so a reference can depend on it).
         nfes: budgets of denoiser calls.
         samplers: names or parameter dicts (default: all of :data:`SAMPLERS`), or a dict label → spec.
-        spacings: schedule spacings, see :func:`budget_schedule`.
+        schedules: names of :data:`SCHEDULES` (default: all of them), or a dict label → (spacing,
+            end-point dict), see :func:`budget_schedule`.
         seed: seed of the generator of the stochastic samplers (re-seeded for every run).
         progress: show a tqdm progress bar.
-        **schedule: ``sigma_min``/``sigma_max`` of the log-linear spacing (see :func:`budget_schedule`).
 
     Returns:
-        ``{(sampler label, spacing, nfe): (score, nfe_used)}``; see :func:`format_table`.
+        ``{(sampler label, schedule label, nfe): (score, nfe_used)}``; see :func:`format_table`.
     """
     from tqdm.auto import tqdm
 
     specs = samplers if isinstance(samplers, dict) else {s: s for s in (samplers or SAMPLERS)}
-    jobs = [(label, sp, n) for sp in spacings for label in specs for n in nfes]
+    scheds = schedules if isinstance(schedules, dict) else {k: SCHEDULES[k] for k in (schedules or SCHEDULES)}
+    jobs = [(label, sc, n) for sc in scheds for label in specs for n in nfes]
     out = {}
-    for label, sp, n in tqdm(jobs, desc="samplers", disable=not progress):
-        x, used = run_sampler(D, specs[label], sp, n, noise, torch.Generator().manual_seed(seed), **schedule)
-        out[(label, sp, n)] = (float(score(x)), used)
+    for label, sc, n in tqdm(jobs, desc="samplers", disable=not progress):
+        spacing, ends = scheds[sc]
+        x, used = run_sampler(D, specs[label], spacing, n, noise, torch.Generator().manual_seed(seed), **ends)
+        sigmas = budget_schedule(spacing, n, heun=_params(specs[label]) == "heun", **ends)
+        out[(label, sc, n)] = (float(score(x, sigmas)), used)
     return out
 
 
 def format_table(results: dict, digits: int = 2) -> str:
-    """A markdown table of :func:`sampler_table`'s results: one row per (sampler, spacing), one column
+    """A markdown table of :func:`sampler_table`'s results: one row per (sampler, schedule), one column
     per NFE budget; a cell shows the score and, where it differs from the budget, the calls made."""
     rows = list(dict.fromkeys((k[0], k[1]) for k in results))
     nfes = sorted({k[2] for k in results})
-    lines = ["| sampler | spacing | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+    lines = ["| sampler | schedule | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
              "|---|---|" + "---:|" * len(nfes)]
     for label, sp in rows:
         cells = []

@@ -1,12 +1,15 @@
 r"""σ schedules and the samplers of the book: one loop with two parameters (γ, μ), Heun, and guidance.
 
-**Schedules** return a descending 1-D float tensor of ``n + 1`` noise levels
-:math:`\sigma_0 > \sigma_1 > \dots > \sigma_n`; by default the last one is 0, so a sampler that takes
-``n`` steps makes ``n`` denoiser calls (NFE = ``len(sigmas) − 1``) and its last step returns a
-denoised estimate.
+**Schedules** return a descending 1-D float tensor of noise levels :math:`\sigma_0 > \sigma_1 > \dots`.
+By default the last one is 0: ``n`` positive levels then 0, so a sampler takes ``n`` steps and makes
+``n`` denoiser calls (NFE = ``len(sigmas) − 1``), the last one at the smallest positive level. With
+``append_zero=False`` the schedule ends at its smallest positive level, and the sampler's output is
+the iterate there (``n`` levels: ``n − 1`` steps and calls).
 
-**The sampler** :func:`sample` is the parameterization of Permenter & Yuan (2024), also used by
-smalldiffusion. At each step, with :math:`\hat\varepsilon_t = (x - D(x,\sigma_t))/\sigma_t`,
+**The sampler** :func:`sample` is one update rule, applied on every step including the last; it is
+Algorithm 2 of Permenter & Yuan (2024) generalised by a stochasticity parameter μ (the same
+two-parameter loop as smalldiffusion's ``samples``). At each step, with
+:math:`\hat\varepsilon_t = (x - D(x,\sigma_t))/\sigma_t`,
 
 .. math::
     \bar\varepsilon_t = \gamma\,\hat\varepsilon_t + (1-\gamma)\,\hat\varepsilon_{t+1}, \quad
@@ -18,7 +21,9 @@ where :math:`\hat\varepsilon_{t+1}` is the previous step's (raw) estimate
 (:math:`\bar\varepsilon = \hat\varepsilon` at the first step). γ = 1, μ = 0 is DDIM (the Euler step of
 the probability-flow ODE); γ = 1, μ = ½ is DDPM's ancestral step (the exact Gaussian posterior
 :math:`q(x_{\sigma_{t-1}} \mid x_{\sigma_t}, \hat x_0)`); γ = 2, μ = 0 is Permenter & Yuan's gradient-
-estimation sampler.
+estimation sampler. A step to :math:`\sigma_{t-1} = 0` has σ_p = η = 0, i.e. :math:`x \leftarrow
+x - \sigma_t\bar\varepsilon_t`: for γ = 1 that is the denoised estimate :math:`D(x,\sigma_t)`
+(up to rounding), for γ ≠ 1 it is Algorithm 2's extrapolated step, with no special case.
 """
 from __future__ import annotations
 
@@ -52,9 +57,16 @@ def _finish(sig: torch.Tensor, append_zero: bool) -> torch.Tensor:
 def loglinear(n: int, sigma_min: float = 0.02, sigma_max: float = 80.0, append_zero: bool = True) -> torch.Tensor:
     r"""``n`` noise levels evenly spaced in log σ from ``sigma_max`` down to ``sigma_min`` (then 0).
 
-    :math:`\sigma_i = \sigma_{\max} (\sigma_{\min}/\sigma_{\max})^{i/(n-1)}`, i = 0..n−1 (smalldiffusion's
-    ``ScheduleLogLinear``; the geometric sequence of Song & Ermon's NCSN). Returns shape ``(n + 1,)``
-    (``(n,)`` without the zero).
+    :math:`\sigma_i = \sigma_{\max} (\sigma_{\min}/\sigma_{\max})^{i/(n-1)}`, i = 0..n−1 (a geometric
+    sequence, as in Song & Ermon's NCSN), followed by σ = 0 unless ``append_zero=False``. Returns
+    shape ``(n + 1,)`` (``(n,)`` without the zero).
+
+    With the zero, a sampler makes ``n`` calls and its last one, at ``sigma_min``, takes the step to
+    σ = 0. Without it, ``n`` levels give ``n − 1`` steps that *end at* ``sigma_min`` with no call
+    there: the schedule of Permenter & Yuan's Algorithm 2 (σ_N > … > σ_0 > 0), and what smalldiffusion
+    samples from its ``ScheduleLogLinear`` (a 1000-level log-linear table from which ``steps + 1``
+    levels are picked, ending at ``sigma_min``; up to that table's rounding). For NFE = N with no
+    call at σ_min use ``loglinear(N + 1, sigma_min, sigma_max, append_zero=False)``.
     """
     check_positive_int(n, "n")
     _check_range(sigma_min, sigma_max)
@@ -183,13 +195,13 @@ def _progress(n: int, progress: bool, desc: str):
 
 def sample(D: Callable, sigmas, x, gamma: float = 1.0, mu: float = 0.0,
            generator: torch.Generator | None = None, progress: bool = False, return_path: bool = False):
-    r"""Sample by iterating :func:`step` over consecutive pairs of ``sigmas`` (Permenter & Yuan 2024).
+    r"""Sample by iterating :func:`step` over consecutive pairs of ``sigmas`` (Permenter & Yuan 2024, Alg. 2).
 
-    For each pair (σ, σ_next): :math:`\hat\varepsilon = (x - D(x, \sigma))/\sigma`;
+    For each pair (σ, σ_next), the last included: :math:`\hat\varepsilon = (x - D(x, \sigma))/\sigma`;
     :math:`\bar\varepsilon = \gamma\hat\varepsilon + (1-\gamma)\hat\varepsilon_{\rm prev}` (just
-    :math:`\hat\varepsilon` at the first step); then ``x = step(x, ε̄, σ, σ_next, mu, z)``.
-    If the last σ_next is 0 the last step returns the denoised estimate :math:`D(x, \sigma)` itself
-    (whatever γ and μ). NFE = ``len(sigmas) − 1``.
+    :math:`\hat\varepsilon` at the first step); then ``x = step(x, ε̄, σ, σ_next, mu, z)``. The same
+    rule applies when σ_next = 0 (then x ← x − σ ε̄, which for γ = 1 is D(x, σ) up to rounding).
+    NFE = ``len(sigmas) − 1``.
 
     γ = 1, μ = 0: DDIM (deterministic). γ = 1, μ = ½: DDPM (ancestral). γ = 2, μ = 0: gradient estimation.
 
@@ -218,15 +230,11 @@ def sample(D: Callable, sigmas, x, gamma: float = 1.0, mu: float = 0.0,
     eps_prev = None
     for i in _progress(len(sig) - 1, progress, "sampling"):
         s, s_next = sig[i], sig[i + 1]
-        x0_hat = D(x, s)
-        if s_next == 0:
-            x = x0_hat
-        else:
-            eps = (x - x0_hat) / s
-            eps_bar = eps if eps_prev is None else gamma * eps + (1 - gamma) * eps_prev
-            z = _randn_like(x, generator) if mu > 0 else None
-            x = step(x, eps_bar, s, s_next, mu, z)
-            eps_prev = eps
+        eps = (x - D(x, s)) / s
+        eps_bar = eps if eps_prev is None else gamma * eps + (1 - gamma) * eps_prev
+        z = _randn_like(x, generator) if mu > 0 and s_next > 0 else None
+        x = step(x, eps_bar, s, s_next, mu, z)
+        eps_prev = eps
         if return_path:
             path.append(x)
     return (x, torch.stack(path)) if return_path else x

@@ -6,10 +6,10 @@ regress the network's prediction of its ``target`` at ``x = x0 + σ ε`` onto th
 loss is the MSE *in the target's own space*, which equals the x0 error weighted by
 :func:`companion.denoisers.loss_weight`:
 
-.. math::  L = \mathbb E_{x_0, \sigma, \varepsilon}\, \lambda(\sigma)\,
+.. math::  L = \mathbb E_{x_0, \sigma, \varepsilon}\, \omega(\sigma)\,
            \tfrac{1}{d}\|D(x_0 + \sigma\varepsilon, \sigma) - x_0\|^2
 
-(x0: λ = 1; eps: 1/σ²; v: (σ² + σ_data²)/(σ σ_data)², EDM's weighting; score: 1/σ⁴). σ is drawn
+(x0: ω = 1; eps: 1/σ²; v: (σ² + σ_data²)/(σ σ_data)², EDM's weighting; score: 1/σ⁴). σ is drawn
 log-normally, ``log σ ~ N(P_mean, P_std²)`` with EDM's P_mean = −1.2, P_std = 1.2, or
 log-uniformly on ``[sigma_min, sigma_max]``. Optional class labels are replaced by the null label
 with probability ``label_dropout`` (classifier-free guidance, Ho & Salimans 2022). An exponential
@@ -162,12 +162,13 @@ def _loop(model, steps, batch_loss, lr, ema, progress, desc, resume=None, every=
     return TrainResult(model, ema_model, losses)
 
 
-def dsm_loss(model, x0, sigma, eps, labels=None) -> torch.Tensor:
+def dsm_loss(model, x0, sigma, eps, labels=None, weight: str | None = None) -> torch.Tensor:
     """The denoising score-matching loss of one batch (a 0-d tensor).
 
-    ``mean_b λ(σ_b) · mean_pixels (D(x0_b + σ_b ε_b, σ_b, labels) − x0_b)²`` with
-    λ = :func:`companion.denoisers.loss_weight` of the model's target: the per-pixel MSE of the raw
-    network's prediction of its target.
+    ``mean_b ω(σ_b) · mean_pixels (D(x0_b + σ_b ε_b, σ_b, labels) − x0_b)²`` with
+    ω = :func:`companion.denoisers.loss_weight` of the model's target: the per-pixel MSE of the raw
+    network's prediction of its target. ``weight`` (a target name) takes ω from another target
+    instead, so that the output parameterisation and the loss weighting can be varied separately.
 
     Args:
         model: a :class:`~companion.nets.Denoiser`.
@@ -177,14 +178,14 @@ def dsm_loss(model, x0, sigma, eps, labels=None) -> torch.Tensor:
     view = (-1,) + (1,) * (x0.dim() - 1)
     x0_hat = model(x0 + sigma.reshape(view) * eps, sigma, labels)
     err = ((x0_hat - x0) ** 2).flatten(1).mean(1)
-    return (loss_weight(model.target, sigma, model.sigma_data) * err).mean()
+    return (loss_weight(weight or model.target, sigma, model.sigma_data) * err).mean()
 
 
 def train(model, data, steps: int, batch_size: int = 128, lr: float = 1e-3, labels=None,
           label_dropout: float = 0.1, ema: float = 0.999, sigma_sampler: str = "lognormal",
           P_mean: float = -1.2, P_std: float = 1.2, sigma_min: float = 0.002, sigma_max: float = 80.0,
-          generator: torch.Generator | None = None, progress: bool = True, resume=None,
-          resume_every: int = 1000) -> TrainResult:
+          generator: torch.Generator | None = None, progress: bool = True,
+          weight: str | None = None, resume=None, resume_every: int = 1000) -> TrainResult:
     """Denoising score matching for a :class:`companion.nets.Denoiser` (trains ``model`` in place).
 
     Each step draws ``batch_size`` points of ``data`` with replacement, σ from ``sigma_sampler``
@@ -207,6 +208,8 @@ def train(model, data, steps: int, batch_size: int = 128, lr: float = 1e-3, labe
         generator: a CPU ``torch.Generator`` for the batches, σ's, noise and label dropout; with it
             (and a fixed initialisation) the run is deterministic on the CPU.
         progress: show a tqdm bar.
+        weight: None (the model's own target) or a target name (``"x0"``, ``"eps"``, ``"v"``,
+            ``"score"``) whose weight ω(σ) replaces it in the loss (see :func:`dsm_loss`).
         resume: optional path (e.g. in :func:`companion.runtime.cache_dir`) of a resumable
             training state, written atomically every ``resume_every`` steps and at the end; when
             it exists, training continues from it (a rerun after a disconnect loses at most
@@ -224,6 +227,8 @@ def train(model, data, steps: int, batch_size: int = 128, lr: float = 1e-3, labe
     label_dropout = _check_rate(label_dropout, "label_dropout")
     ema = _check_rate(ema, "ema", high_open=True)
     _check_sampler(sigma_sampler, P_std, sigma_min, sigma_max)
+    if weight is not None and weight not in nets.TARGETS:
+        raise ValueError(f"weight must be None or one of {nets.TARGETS}, got {weight!r}")
     if labels is not None and model.n_classes is None:
         raise ValueError("labels were given but the model is unconditional (n_classes=None)")
     if labels is not None and ((labels < 0).any() or (labels >= model.n_classes).any()):
@@ -243,7 +248,7 @@ def train(model, data, steps: int, batch_size: int = 128, lr: float = 1e-3, labe
         if labels is not None:
             drop = (torch.rand(batch_size, generator=generator) < label_dropout).to(device)
             y = torch.where(drop, torch.full_like(labels[idx], model.n_classes), labels[idx])
-        return dsm_loss(model, x0, sigma, eps, y)
+        return dsm_loss(model, x0, sigma, eps, y, weight)
 
     return _loop(model, steps, batch_loss, lr, ema, progress, "training", resume,
                  check_positive_int(resume_every, "resume_every"), generator)
@@ -442,6 +447,38 @@ def digits_classifier(config=None, progress=True):
 #: the zoo's recipes: ``RECIPES[name](config=None, progress=True)`` -> the trained EMA model, with
 #: ``.config`` (the full config used) and ``.metrics`` (final loss, accuracies) attached
 RECIPES = {f.__name__: f for f in (digits_unet, digits_unet_cond, digits_resnet, digits_classifier, ring_mlp)}
+
+#: Chapter 4: a U-Net trained with *likelihood weighting* on the classifier's training split only, so that the
+#: 297 held-out digits measure a likelihood the model never saw. The ε target with log-uniform σ weights the
+#: x0 error by σ⁻² · (1/σ) ∝ σ⁻³: the integrand of the continuous-time ELBO (Kingma et al. 2021).
+CONFIGS["digits_unet_lik"] = dict(seed=0, steps=4000, batch_size=128, lr=2e-3, ema=0.999, target="eps",
+                                  sigma_data=0.5, base=16, mults=[1, 2, 2], blocks=1, n_train=1500,
+                                  sigma_min=0.002, sigma_max=80.0)
+
+
+def digits_unet_lik(config=None, progress=True):
+    """U-Net denoiser (the architecture of ``digits_unet``) trained with the ELBO's σ⁻³ weighting
+    (ε target, log-uniform σ on ``[sigma_min, sigma_max]``) on the first ``n_train`` digits of
+    :func:`digits_split`; the rest are held out for Chapter 4's bits per dimension."""
+    from . import data as _data, runtime
+
+    cfg = _config("digits_unet_lik", config)
+    images, _ = _data.digits()
+    train_idx, _ = digits_split(cfg["n_train"])
+    model = _built(cfg["seed"], lambda: nets.Denoiser(_unet(cfg, None), target=cfg["target"],
+                                                      sigma_data=cfg["sigma_data"]))
+    model.to(runtime.device())
+    result = train(model, images[train_idx], cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+                   ema=cfg["ema"], sigma_sampler="loguniform", sigma_min=cfg["sigma_min"],
+                   sigma_max=cfg["sigma_max"], generator=torch.Generator().manual_seed(cfg["seed"]),
+                   progress=progress)
+    out = result.ema_model
+    out.metrics = {"final_loss": sum(result.losses[-200:]) / len(result.losses[-200:]), "n_train": len(train_idx)}
+    out.config = cfg
+    return out
+
+
+RECIPES["digits_unet_lik"] = digits_unet_lik
 
 
 def save(model, path, recipe: str, config: dict, metrics: dict | None = None) -> Path:

@@ -16,9 +16,10 @@ __all__ = ["slider", "small_multiples"]
 
 
 def small_multiples(draw: Callable, values: Sequence, label: str = "t", size: float = 2.6):
-    """Static fallback: call ``draw(value, ax)`` for each value in one row of panels.
+    """Static fallback: call ``draw(value, ax)`` for each value in a strip of panels.
 
-    Returns the figure.
+    The strip wraps into balanced rows when one row would be too wide for the website's column
+    (see :func:`companion.plotting.subplots`). Returns the figure.
     """
     values = list(values)
     if not values:

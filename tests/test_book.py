@@ -85,6 +85,94 @@ def test_colab_configuration():
     assert CONFIG["execute"]["raise_on_error"] is True
 
 
+# Numbers that a profile changes must be glued, never typed into the prose. For each chapter: the keys
+# of its cp.runtime.choose(quick=..., full=...) table whose quick value differs from the full one.
+PROFILE_KEYS = {
+    "01_forward_sdes": ["n_particles", "n_steps"],
+    "02_fokker_planck": ["n_particles", "cells", "fp_steps", "n_samples", "steps", "ref_steps", "grid_2d"],
+    "03_score_estimation": ["target_steps", "n_eval", "n_samples", "n_steps", "cfg_per_class"],
+}
+# Typed numbers that equal such a value by coincidence, each named by the text around it.
+NOT_PROFILE = {
+    "01_forward_sdes": ["K = 1000", "t = 1/1000"],   # DDPM's number of steps
+    "03_score_estimation": [r"\sigma = 20"],        # a noise level
+}
+
+
+
+
+def _literal_dict(node_text):
+    import ast
+
+    call = ast.parse(node_text, mode="eval").body
+    return {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+
+
+def profile_dependent_numbers(text, keys):
+    """Values (as floats) that the given profile keys take in the quick profile and not in the full one:
+    a scalar that differs, or an entry of a tuple that the full tuple lacks or holds in another place
+    (the last entry, the usual 'largest' of a sweep, counts when the full sweep ends elsewhere)."""
+    import ast
+
+    for cell in jupytext.reads(text, fmt="md:myst").cells:
+        if cell.cell_type == "code" and "cp.runtime.choose(" in cell.source:
+            tree = ast.parse(cell.source)
+            calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "choose"]
+            kw = {k.arg: k.value for k in calls[0].keywords}
+            quick, full = (_literal_dict(ast.unparse(kw[p])) for p in ("quick", "full"))
+            break
+    else:
+        raise AssertionError("no cp.runtime.choose(quick=..., full=...) call found")
+    values = set()
+    for key in keys:
+        q, f = quick[key], full[key]
+        if isinstance(q, (tuple, list)):
+            values |= {float(v) for v in q if v not in f}
+            if q[-1] != f[-1]:
+                values.add(float(q[-1]))
+        elif q != f:
+            values.add(float(q))
+    return values
+
+
+def prose_numbers(text):
+    """(number, context) for every number in the markdown cells, outside glue roles, cross-references,
+    labels and directive options; thousands separators (1,797) are read as one number."""
+    out = []
+    for cell in jupytext.reads(text, fmt="md:myst").cells:
+        if cell.cell_type != "markdown":
+            continue
+        src = re.sub(r"\{[a-z:]+\}`[^`]*`", " ", cell.source)          # {glue:text}`x`, {eq}`x`, {cite}`x`
+        src = re.sub(r"^:(label|class|name)?:.*$", " ", src, flags=re.M)  # directive options
+        src = re.sub(r"```.*?```", " ", src, flags=re.S)                 # code shown in solutions
+        src = re.sub(r"`[^`]*`", " ", src)                               # inline code
+        for m in re.finditer(r"(?<![\w.^_{\\])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(?![\w^]|\.\d|\})", src):
+            out.append((float(m.group(1).replace(",", "")), src[max(0, m.start() - 40): m.end() + 40]))
+    return out
+
+
+@pytest.mark.parametrize("stem", sorted(PROFILE_KEYS))
+def test_profile_dependent_numbers_are_glued(stem):
+    text = (BOOK / f"{stem}.md").read_text()
+    values = profile_dependent_numbers(text, PROFILE_KEYS[stem])
+    assert values, "no profile-dependent values found: is the key list of this chapter up to date?"
+    typed = [(v, ctx) for v, ctx in prose_numbers(text)
+             if v in values and not any(ok in ctx for ok in NOT_PROFILE.get(stem, []))]
+    assert not typed, "profile-dependent numbers typed into the prose (glue them):\n" + "\n".join(
+        f"  {v:g}: ...{ctx}..." for v, ctx in typed)
+
+
+def test_profile_number_finder_sees_typed_numbers():
+    """The finder itself: a typed sweep size is found, a glued one and one inside a role are not."""
+    text = ("---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n---\n\n"
+            "```{code-cell} ipython3\ncfg = cp.runtime.choose(quick=dict(n=2000, s=(10, 300)),"
+            " full=dict(n=50_000, s=(10, 300, 1000)))\n```\n\n"
+            "With n = 2,000 points and {glue:text}`ch_n` more, 300 steps, $10^{3}$ and {eq}`eq-300`.\n")
+    values = profile_dependent_numbers(text, ["n", "s"])
+    assert values == {2000.0, 300.0}
+    assert sorted(v for v, _ in prose_numbers(text) if v in values) == [300.0, 2000.0]
+
+
 def _run_setup_cell(monkeypatch, returncode, stderr):
     """Execute Chapter 1's setup cell where ``import companion`` fails and pip is a stub."""
     import builtins

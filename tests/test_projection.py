@@ -127,6 +127,18 @@ def test_error_model_of_the_exact_projection_has_zero_eta():
     assert torch.allclose(P.error_model(xs, sig, xs, data).eta, torch.ones(3, 5, dtype=DT))
 
 
+def test_eta_within_the_nu_band():
+    ratio = torch.tensor([[0.1, 0.5, 1.0, 2.0, 10.0]])
+    eta = torch.tensor([[9.0, 0.2, 0.1, 0.4, 7.0]])
+    em = P.ErrorModel(torch.ones(1, 5), ratio, eta)
+    assert em.eta_within(2.0) == pytest.approx(0.4)        # only the three points with 1/2 <= ratio <= 2
+    assert em.eta_within(2.0, 0.5) == pytest.approx(0.2)
+    assert em.eta_within(10.0) == pytest.approx(9.0) and em.eta_max() == pytest.approx(9.0)
+    assert math.isnan(P.ErrorModel(torch.ones(1, 1), torch.tensor([[5.0]]), torch.ones(1, 1)).eta_within(2.0))
+    with pytest.raises(ValueError, match="nu"):
+        em.eta_within(0.5)
+
+
 def test_recorder_counts_and_records_a_hand_written_ddim():
     data = torch.tensor([[1.0, 0.0], [-1.0, 2.0]], dtype=DT)
     rec = P.Recorder(_ideal(data))
@@ -159,6 +171,8 @@ def test_bad_input_is_rejected():
         P.relative_error(torch.randn(3, 2), torch.randn(3, 2), torch.randn(2, 2))
     with pytest.raises(ValueError, match="spacing"):
         P.budget_schedule("cosine", 5)
+    with pytest.raises(ValueError, match="nfe"):
+        P.budget_schedule("loglinear", 1, heun=True)
     with pytest.raises(ValueError, match="nfe"):
         P.budget_schedule("ddpm", 0)
     with pytest.raises(ValueError, match="sampler"):
@@ -229,46 +243,86 @@ def test_loglinear_schedule_endpoints(n):
     torch.testing.assert_close(ratios, torch.full_like(ratios, (sigma_min / sigma_max) ** (1 / (n - 1))), rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("spacing", ["ddpm", "loglinear"])
+@pytest.mark.parametrize("spacing", P.SPACINGS)
 @pytest.mark.parametrize("nfe", [1, 2, 5, 10, 20])
 def test_budget_schedules_and_nfe_accounting(spacing, nfe):
     samplers = pytest.importorskip("companion.samplers")
     sigma_T = samplers.ddpm(1000, append_zero=False)[0].item()
     for name in P.SAMPLERS:
+        heun = name.startswith("Heun")
+        if heun and spacing == "loglinear" and nfe == 1:
+            with pytest.raises(ValueError, match="nfe"):
+                P.budget_schedule(spacing, nfe, heun=True)
+            continue
         rec = P.Recorder(lambda x, sig: 0 * x, keep=False)
         _, used = P.run_sampler(rec, name, spacing, nfe, torch.zeros(2, 2))
-        heun = name.startswith("Heun")
         s = P.budget_schedule(spacing, nfe, heun=heun)
-        assert s[-1].item() == 0.0 and s[0].item() == pytest.approx(sigma_T)
-        assert used == rec.nfe == (2 * (len(s) - 1) - 1 if heun else nfe)
+        steps = len(s) - 1
+        assert used == rec.nfe == ((2 * steps - (s[-1] == 0).item()) if heun else nfe)
         assert nfe - 1 <= used <= nfe
-    if spacing == "loglinear" and nfe > 2:
-        s = P.budget_schedule(spacing, nfe)[:-1].double()
-        assert s[-1].item() == pytest.approx(0.01)
-        torch.testing.assert_close(s[1:] / s[:-1], torch.full((nfe - 1,), (s[-1] / s[0]).item() ** (1 / (nfe - 1)), dtype=DT))
+        assert (s[-1].item() == 0.0) == (spacing != "loglinear")
+        first = {"ddpm": sigma_T, "karras": 80.0, "loglinear": sigma_T}.get(spacing, s[0].item())
+        assert s[0].item() == pytest.approx(first)
+    if spacing == "loglinear":  # nfe + 1 levels, 157 -> 0.01, constant ratio: no call at sigma_min
+        s = P.budget_schedule(spacing, nfe).double()
+        assert len(s) == nfe + 1 and s[-1].item() == pytest.approx(0.01)
+        torch.testing.assert_close(s[1:] / s[:-1], torch.full((nfe,), (0.01 / sigma_T) ** (1 / nfe), dtype=DT))
+        s = P.budget_schedule(spacing, nfe, sigma_min=0.1, sigma_max=12.3)
+        assert s[0].item() == pytest.approx(12.3) and s[-1].item() == pytest.approx(0.1)
+    if spacing == "ddpm-leading":
+        torch.testing.assert_close(P.budget_schedule(spacing, nfe), samplers.ddpm(nfe, spacing="leading"))
+    if spacing == "karras":
+        torch.testing.assert_close(P.budget_schedule(spacing, nfe), samplers.karras(nfe, 0.002, 80.0))
+
+
+def test_budget_schedule_rejects_end_points_of_fixed_spacings():
+    with pytest.raises(ValueError, match="sigma_min"):
+        P.budget_schedule("ddpm", 5, sigma_min=0.1)
 
 
 def test_sampler_table_and_format():
     pytest.importorskip("companion.samplers")
     data = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=DT)
     noise = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=DT)
-    res = P.sampler_table(_ideal(data), noise, lambda x: P.dist(x, data).mean(), nfes=(2, 4),
-                          samplers=["DDIM", "Heun (EDM)"], spacings=("loglinear",), progress=False)
-    assert set(res) == {(s, "loglinear", n) for s in ("DDIM", "Heun (EDM)") for n in (2, 4)}
-    assert res[("Heun (EDM)", "loglinear", 4)][1] == 3 and res[("DDIM", "loglinear", 4)][1] == 4
+    seen = []
+
+    def score(x, sigmas):
+        seen.append(len(sigmas))
+        return P.dist(x, data).mean()
+
+    res = P.sampler_table(_ideal(data), noise, score, nfes=(2, 4), samplers=["DDIM", "Heun (EDM)"],
+                          schedules=["log-linear 157→0.01"], progress=False)
+    assert set(res) == {(s, "log-linear 157→0.01", n) for s in ("DDIM", "Heun (EDM)") for n in (2, 4)}
+    assert res[("Heun (EDM)", "log-linear 157→0.01", 4)][1] == 4 and res[("DDIM", "log-linear 157→0.01", 4)][1] == 4
+    assert seen == [3, 5, 2, 3]  # the schedule each cell ran on: nfe + 1 levels, Heun nfe/2 + 1
+    res = P.sampler_table(_ideal(data), noise, score, nfes=(4,), samplers=["Heun (EDM)"],
+                          schedules={"ddpm": ("ddpm", {})}, progress=False)
     table = P.format_table(res, 3)
-    assert table.count("\n") == 3 and "| DDIM | loglinear |" in table and "(3)" in table
+    assert table.count("\n") == 2 and "| Heun (EDM) | ddpm |" in table and "(3)" in table
 
 
 def test_gamma_two_sampler_with_a_final_zero_level():
-    """With a final sigma = 0, ``sample`` ends with the denoised estimate, after Algorithm 2's other steps."""
+    """With a final sigma = 0 the last step is Algorithm 2's too (x - sigma_1 eps_bar), not D(x, sigma_1)."""
     samplers = pytest.importorskip("companion.samplers")
     data = torch.randn(5, 2, generator=torch.Generator().manual_seed(3), dtype=DT)
     D = _ideal(data)
-    sigmas = samplers.loglinear(6, 0.05, 20.0).to(DT)
+    sigmas = samplers.loglinear(6, 0.5, 20.0).to(DT)
     x = 20 * torch.randn(10, 2, generator=torch.Generator().manual_seed(4), dtype=DT)
-    expected = D(_algorithm2(D, sigmas[:-1], x), float(sigmas[-2]))
-    torch.testing.assert_close(samplers.sample(D, sigmas, x.clone(), gamma=2.0), expected)
+    got = samplers.sample(D, sigmas, x.clone(), gamma=2.0)
+    torch.testing.assert_close(got, _algorithm2(D, sigmas, x))
+    old = D(_algorithm2(D, sigmas[:-1], x), float(sigmas[-2]))  # the former special case
+    assert not torch.allclose(got, old, atol=1e-3)
+
+
+def test_ode_reference_on_a_gaussian():
+    """For x0 ~ N(0, τ²) the PF-ODE solution is x(σ) = x(σ_max) sqrt(τ² + σ²) / sqrt(τ² + σ_max²)."""
+    tau2 = 0.3
+    D = lambda x, s: tau2 / (tau2 + s**2) * x  # noqa: E731
+    z = torch.linspace(-2, 2, 5, dtype=DT)[:, None]
+    for sigmas in (torch.tensor([20.0, 1.0, 0.05], dtype=DT), torch.tensor([20.0, 1.0, 0.0], dtype=DT)):
+        end = sigmas[-1].item()
+        exact = 20.0 * z * math.sqrt(tau2 + end**2) / math.sqrt(tau2 + 400.0)
+        torch.testing.assert_close(P.ode_reference(D, sigmas, z), exact, rtol=1e-4, atol=1e-5)
 
 
 def test_checker_accepts_algorithm_2_and_rejects_ddim():

@@ -153,22 +153,55 @@ def test_gamma1_mu_half_is_ddpm(denoiser):
     torch.testing.assert_close(out, xt, rtol=0, atol=1e-9)
 
 
-def test_gradient_estimation_update(denoiser):
-    """γ = 2, μ = 0: x ← x + (σ_next − σ)(2 ε_t − ε_prev) after the first step (Permenter & Yuan)."""
-    sigmas = S.loglinear(6, 0.05, 10.0).double()
+def _algorithm2_written_out(D, sigmas, x):
+    """Permenter & Yuan (2024), Algorithm 2: a DDIM step, then ε̄_t = 2ε_t − ε_{t+1} on every step, the last one
+    included (σ_0 may be 0: the step is then x_0 = x_1 − σ_1 ε̄_1)."""
+    s = [float(v) for v in sigmas]
+    eps_prev = (x - D(x, s[0])) / s[0]
+    x = x + (s[1] - s[0]) * eps_prev
+    for i in range(1, len(s) - 1):
+        eps_t = (x - D(x, s[i])) / s[i]
+        x = x + (s[i + 1] - s[i]) * (2 * eps_t - eps_prev)
+        eps_prev = eps_t
+    return x
+
+
+ENDINGS = {
+    "loglinear to 0": lambda: S.loglinear(6, 0.05, 10.0).double(),
+    "loglinear to sigma_min": lambda: S.loglinear(7, 0.05, 10.0, append_zero=False).double(),
+    "ddpm to 0": lambda: S.ddpm(5).double(),
+    "karras to 0": lambda: S.karras(4, 0.01, 20.0).double(),
+    "two levels to 0": lambda: torch.tensor([3.0, 0.0], dtype=torch.float64),
+}
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_gradient_estimation_is_algorithm_2_on_every_step(denoiser, ending):
+    """γ = 2, μ = 0 is Algorithm 2 step by step, for schedules ending at 0 and at σ_min; it is not Algorithm 2
+    followed by a plain denoiser call (the sampler's former last step at σ = 0)."""
+    sigmas = ENDINGS[ending]()
     x = x_start(sigmas)
     out = S.sample(denoiser, sigmas, x, gamma=2.0, mu=0.0)
-    ref, eps_prev = x.clone(), None
+    torch.testing.assert_close(out, _algorithm2_written_out(denoiser, sigmas, x), rtol=0, atol=1e-12)
+    if sigmas[-1] == 0 and len(sigmas) > 2:
+        plain_last = denoiser(_algorithm2_written_out(denoiser, sigmas[:-1], x), float(sigmas[-2]))
+        assert (out - plain_last).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_gamma1_is_unchanged_ddim(denoiser, ending):
+    """γ = 1, μ = 0: every step before the last is bit for bit x + (σ_next − σ) ε; a last step to 0 gives
+    D(x, σ) up to rounding (x − σ·(x − D)/σ)."""
+    sigmas = ENDINGS[ending]()
+    x = x_start(sigmas)
+    out, path = S.sample(denoiser, sigmas, x, return_path=True)
+    ref = x
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i].item(), sigmas[i + 1].item()
         d = denoiser(ref, s)
-        if s_next == 0:
-            ref = d
-            break
-        eps = (ref - d) / s
-        eps_bar = eps if eps_prev is None else 2 * eps - eps_prev
-        ref = ref + (s_next - s) * eps_bar
-        eps_prev = eps
+        ref = d if s_next == 0 else ref + (s_next - s) * ((ref - d) / s)
+        if s_next > 0:
+            assert torch.equal(path[i + 1], ref)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
 
 

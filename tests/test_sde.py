@@ -98,6 +98,21 @@ def test_bad_inputs():
         cp.sde.VP(-1.0, 2.0)
 
 
+def test_python_float_times_give_float64_coefficients():
+    """vp.s(0.5) is computed in float64, like vp.s(tensor(0.5, dtype=float64)); tensors keep their dtype."""
+    for proc in (cp.sde.VP(), cp.sde.VE(0.01, 50.0)):
+        for name in ("s", "sigma", "f", "g"):
+            fn = getattr(proc, name)
+            assert fn(0.5).dtype == torch.float64, (proc, name)
+            assert fn(0.5).item() == fn(torch.tensor(0.5, dtype=torch.float64)).item()
+            assert fn(torch.tensor(0.5)).dtype == torch.float32
+    # σ(t) at a tiny time: relative precision of float64, not float32
+    vp = cp.sde.VP()
+    t = 1e-7
+    exact = math.sqrt(math.expm1(0.1 * t + 0.5 * 19.9 * t * t))
+    assert abs(vp.sigma(t).item() / exact - 1) < 1e-12
+
+
 @pytest.mark.parametrize("every", [1, 4, 10])
 def test_simulate_keeps_only_what_is_asked_for(every):
     """``every`` thins the returned path; the kept states are those of the full path (same noise)."""

@@ -132,6 +132,7 @@ TINY = {
     "digits_resnet": dict(steps=2, batch_size=8, width=8, depth=2),
     "digits_classifier": dict(steps=2, batch_size=8, width=4, features=8),
     "ring_mlp": dict(steps=2, batch_size=8, hidden=8, depth=1, n_data=64),
+    "digits_unet_lik": dict(steps=2, batch_size=8, base=8, mults=[1, 2]),
 }
 
 
@@ -217,6 +218,24 @@ def test_shipped_classifier_accuracy_on_the_held_out_digits():
     acc = training.accuracy(clf, images[held_out], labels[held_out])
     assert acc >= 0.95
     assert acc == pytest.approx(clf.checkpoint["metrics"]["heldout_accuracy"])
+
+
+@pytest.mark.parametrize("weight", TARGETS)
+def test_dsm_loss_weight_of_another_target(weight):
+    """weight= keeps the model's parameterisation and takes ω(σ) from another target."""
+    from companion.denoisers import loss_weight
+
+    torch.manual_seed(2)
+    D = _mlp_denoiser(target="eps")
+    x0, eps = torch.randn(16, 2), torch.randn(16, 2)
+    sigma = torch.exp(torch.randn(16))
+    err = ((D(x0 + sigma[:, None] * eps, sigma) - x0) ** 2).mean(1)
+    expected = (loss_weight(weight, sigma, 1.0) * err).mean()
+    torch.testing.assert_close(training.dsm_loss(D, x0, sigma, eps, weight=weight), expected, rtol=1e-4, atol=1e-6)
+    if weight != "eps":
+        assert not torch.allclose(training.dsm_loss(D, x0, sigma, eps, weight=weight), training.dsm_loss(D, x0, sigma, eps))
+    with pytest.raises(ValueError, match="weight"):
+        training.train(D, x0, steps=1, weight="velocity", progress=False)
 
 
 def test_train_resumes_from_its_saved_state(tmp_path):

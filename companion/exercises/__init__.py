@@ -10,7 +10,9 @@ from .forward import check_vp_coefficients
 from .els import check_local_weights
 from .fokker import check_reverse_drift
 from .projection import check_gradient_estimation
-from .score import check_ideal_denoiser, check_sampler_step
+from .score import check_ddpm_step, check_ideal_denoiser, check_sampler_step
+from .likelihood import check_divergence
 
 __all__ = ["Verdict", "compare", "check_vp_coefficients", "check_reverse_drift", "check_gradient_estimation",
-           "check_ideal_denoiser", "check_sampler_step", "check_local_weights"]
+           "check_ideal_denoiser", "check_sampler_step", "check_local_weights",
+           "check_ddpm_step", "check_divergence"]

@@ -1,4 +1,4 @@
-"""Checkers for Chapter 3 (score estimation): the ideal denoiser and one step of the (γ, μ) sampler."""
+"""Checkers for Chapter 3 (score estimation): the ideal denoiser, one step of the (γ, μ) sampler, the DDPM step."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +7,7 @@ from ..denoisers import IdealDenoiser
 from ..samplers import step
 from .core import Verdict, compare
 
-__all__ = ["check_ideal_denoiser", "check_sampler_step"]
+__all__ = ["check_ideal_denoiser", "check_sampler_step", "check_ddpm_step"]
 
 
 def _ideal_reference(x, sigma, data):
@@ -51,3 +51,29 @@ def check_sampler_step(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False)
         sigma_next = sigma * float(0.1 + 0.8 * torch.rand((), generator=g, dtype=torch.float64))
         cases.append(((x, eps, sigma, sigma_next, mus[i % len(mus)], z), {}))
     return compare(fn, step, cases, rtol=1e-7, atol=1e-10, name="sampler step", quiet=quiet)
+
+
+def _ddpm_reference(x, x0_hat, sigma, sigma_next, z):
+    return step(x, (x - x0_hat) / sigma, sigma, sigma_next, mu=0.5, z=z)
+
+
+def check_ddpm_step(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) -> Verdict:
+    r"""Check ``fn(x, x0_hat, sigma, sigma_next, z) -> x_next``: a draw from the DDPM posterior.
+
+    In the canonical variables, :math:`x_{\sigma'} \mid x_\sigma, x_0` is Gaussian with mean
+    :math:`x_0 + (\sigma'^2/\sigma^2)(x_\sigma - x_0)` and variance :math:`\sigma'^2(1 - \sigma'^2/\sigma^2)\,I`
+    (Ho et al. 2020, eq. 7, divided by the scale); the answer is that draw with ``x0_hat`` for
+    :math:`x_0` and ``z`` as the standard normal noise, which is :func:`companion.samplers.step` with
+    μ = ½. ``x, x0_hat, z``: float64 ``(B, D)``; ``sigma > sigma_next > 0`` floats. The usual slips — the
+    DDIM ratio σ'/σ in the mean, a standard deviation without the square root, noise of σ' or of
+    :math:`\sqrt{\sigma^2 - \sigma'^2}` — are rejected.
+    """
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(n_cases):
+        B, D = 3 + i, 2
+        x, x0_hat, z = (torch.randn(B, D, generator=g, dtype=torch.float64) for _ in range(3))
+        sigma = float(0.1 + 10 * torch.rand((), generator=g, dtype=torch.float64))
+        sigma_next = sigma * float(0.1 + 0.8 * torch.rand((), generator=g, dtype=torch.float64))
+        cases.append(((x * sigma, x0_hat, sigma, sigma_next, z), {}))
+    return compare(fn, _ddpm_reference, cases, rtol=1e-7, atol=1e-10, name="DDPM posterior step", quiet=quiet)
