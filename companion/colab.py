@@ -118,6 +118,8 @@ class _Context:
         fenced = r"^[:`]{3,}\{math\}[^\n]*\n(?::\w+:[^\n]*\n)*?:label:\s*(\S+)"    # {math} + :label:
         labels = re.findall(f"{dollar}|{fenced}", text, re.M)
         self.equations = {a or b: i + 1 for i, (a, b) in enumerate(labels)}
+        figs = re.findall(r"^[:`]{3,}\{(?:glue:figure|figure)\}[^\n]*\n(?::[\w-]+:[^\n]*\n)*?:name:\s*(\S+)", text, re.M)
+        self.figures = {lab: i + 1 for i, lab in enumerate(figs)}
         self.exercises = {lab: i + 1 for i, lab in enumerate(
             re.findall(r"^:{3,}\{exercise\}[^\n]*\n(?::\w+:[^\n]*\n)*?:label:\s*(\S+)", text, re.M))}
         self.sections = {lab: title.strip() for lab, title in
@@ -139,7 +141,8 @@ def _role(m, ctx: _Context) -> str:
     if role == "eq":
         return f"({ctx.equations[label]})" if label in ctx.equations else f"({label})"
     if role in ("ref", "numref"):
-        found = ctx.exercises.get(label) or ctx.sections.get(label) or label
+        figure = f"Figure {ctx.figures[label]}" if label in ctx.figures else None
+        found = figure or ctx.exercises.get(label) or ctx.sections.get(label) or label
         return text or str(found)
     if role == "doc":
         title, url = ctx.links.get(label, (label, None))
@@ -169,9 +172,13 @@ def _directives(lines: list, ctx: _Context, counter: list) -> list:
         if name == "math":
             n = ctx.equations.get(options.get("label"))
             out += ["$$"] + body + ([f"\\tag{{{n}}}"] if n else []) + ["$$"]
-        elif name in ("figure", "image"):
+        elif name in ("figure", "image", "glue:figure"):
+            n = ctx.figures.get(options.get("name"))
             caption = [f"*{line}*" if line.strip() else line for line in body]
-            out += [f"![{options.get('alt', '')}]({arg})", ""] + caption
+            if caption:
+                caption[0] = (f"**Figure {n}.** " if n else "") + caption[0]
+            # a glued figure is the output of a code cell above it in the notebook
+            out += ([] if name == "glue:figure" else [f"![{options.get('alt', '')}]({arg})", ""]) + caption
         elif name == "exercise":
             counter[0] += 1
             title = f" ({arg})" if arg else ""

@@ -86,6 +86,10 @@ def test_convert_markdown_equations_exercises_glue_and_refs():
               "Inline {math}`a^2` and {eq}`eq-c`.")
     out = colab.convert_markdown(fenced, colab._Context(fenced, BIB, {}, {}))
     assert out == "$$\nz = 2\n\\tag{1}\n$$\n\n![a plot](fig.png)\n\n*The caption.*\nInline $a^2$ and (1)."
+    glued = ("```{glue:figure} ch2-strip\n:name: fig-strip\n:alt: curves\nThe strip.\n```\n"
+             "As {numref}`fig-strip` shows.")
+    out = colab.convert_markdown(glued, colab._Context(glued, BIB, {}, {}))
+    assert out == "**Figure 1.** *The strip.*\nAs Figure 1 shows."
     with pytest.raises(ValueError, match="unclosed"):
         colab.convert_markdown(":::{exercise}\nno end\n", ctx)
 
