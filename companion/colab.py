@@ -118,7 +118,8 @@ class _Context:
         fenced = r"^[:`]{3,}\{math\}[^\n]*\n(?::\w+:[^\n]*\n)*?:label:\s*(\S+)"    # {math} + :label:
         labels = re.findall(f"{dollar}|{fenced}", text, re.M)
         self.equations = {a or b: i + 1 for i, (a, b) in enumerate(labels)}
-        figs = re.findall(r"^[:`]{3,}\{(?:glue:figure|figure)\}[^\n]*\n(?::[\w-]+:[^\n]*\n)*?:name:\s*(\S+)", text, re.M)
+        figure = r"^[:`]{3,}\{(?:glue:figure|figure)\}[^\n]*\n(?::[\w-]+:[^\n]*\n)*?:name:\s*(\S+)"
+        figs = re.findall(figure, text, re.M)
         self.figures = {lab: i + 1 for i, lab in enumerate(figs)}
         self.exercises = {lab: i + 1 for i, lab in enumerate(
             re.findall(r"^:{3,}\{exercise\}[^\n]*\n(?::\w+:[^\n]*\n)*?:label:\s*(\S+)", text, re.M))}
