@@ -14,7 +14,8 @@ __version__ = "0.1.0"
 MODULES = (
     "runtime", "data", "sde", "gmm", "plotting", "widgets", "exercises",
     "fokker_planck", "reverse", "denoisers", "nets", "training", "samplers", "metrics",
-    "likelihood", "els", "jacobian", "projection", "student",
+    "likelihood", "els", "jacobian", "projection", "student", "density_tracking",
+    "gahb",
     "colab",
 )
 

@@ -72,6 +72,12 @@ def _check_range(sigma_min, sigma_max):
     return float(sigma_min), float(sigma_max)
 
 
+def _check_scale(v, name) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    return float(v)
+
+
 def _call(denoiser, x, sigma, name="denoiser"):
     out = denoiser(x, sigma)
     if not isinstance(out, torch.Tensor) or out.shape != x.shape:
@@ -165,7 +171,7 @@ class ODELikelihood(NamedTuple):
 
 def gaussian_log_prob(x: torch.Tensor, std: float) -> torch.Tensor:
     """``log N(x; 0, std² I)`` summed over all coordinates, ``(B,)``: the VE prior at σ_max."""
-    d = x[0].numel()
+    std, d = _check_scale(std, "std"), x[0].numel()
     return -0.5 * _sqnorm(x) / std**2 - 0.5 * d * math.log(2 * math.pi * std**2)
 
 
@@ -262,9 +268,7 @@ def dequantize(x, bin_width: float, generator: torch.Generator | None = None) ->
     For data on a grid of spacing Δ, ``log P(x) ≥ E_u log p(x + Δ(u − ½)) + dim·log Δ`` (Jensen; Theis et al.
     2016): a continuous density evaluated on dequantized data bounds the discrete likelihood.
     """
-    x = _check_data(x)
-    if not (isinstance(bin_width, (int, float)) and bin_width > 0):
-        raise ValueError(f"bin_width must be a number > 0, got {bin_width!r}")
+    x, bin_width = _check_data(x), _check_scale(bin_width, "bin_width")
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     return x + bin_width * (u - 0.5)
 
@@ -416,7 +420,7 @@ def discrete_decoder_log_prob(x0, z, sigma: float, levels) -> torch.Tensor:
     For each coordinate, ``p(x0 = c_k | z) ∝ exp(−(z − c_k)²/(2σ²))`` over the grid ``levels`` ``(K,)``
     (e.g. 17 values in [−1, 1] for the digits, 256 for CIFAR-10); ``x0`` must lie on the grid.
     """
-    x0, z = _check_data(x0, "x0"), _check_data(z, "z")
+    x0, z, sigma = _check_data(x0, "x0"), _check_data(z, "z"), _check_scale(sigma, "sigma")
     if z.shape != x0.shape:
         raise ValueError(f"z must have x0's shape {tuple(x0.shape)}, got {tuple(z.shape)}")
     c = as_tensor(levels, "levels", dtype=x0.dtype, device=x0.device)
@@ -472,9 +476,7 @@ def bits_per_dim(log_likelihood, dim: int, bin_width: float | None = None):
     dim = check_positive_int(dim, "dim")
     shift = 0.0
     if bin_width is not None:
-        if not (isinstance(bin_width, (int, float)) and bin_width > 0):
-            raise ValueError(f"bin_width must be a number > 0, got {bin_width!r}")
-        shift = dim * math.log(bin_width)
+        shift = dim * math.log(_check_scale(bin_width, "bin_width"))
     return -(log_likelihood + shift) / (dim * math.log(2))
 
 

@@ -379,3 +379,125 @@ def build(architecture: dict) -> nn.Module:
     if name not in _CLASSES:
         raise ValueError(f"unknown architecture class {name!r}; expected Denoiser or one of {sorted(_CLASSES)}")
     return _CLASSES[name](**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bias-free blind denoiser (Chapter 7: Kadkhodaie, Guth, Simoncelli & Mallat 2024)
+# ----------------------------------------------------------------------------------------------
+
+class BiasFreeNorm(nn.Module):
+    """Batch normalisation without additive constants (Mohan et al. 2020; Kadkhodaie et al. 2024).
+
+    Each channel is *divided* by a standard deviation and multiplied by a learned gain; nothing
+    is subtracted or added. In training mode the standard deviation is the batch's
+    (``sqrt(var over batch and pixels + 1e-5)``) and a running average of it (momentum 0.1) is
+    kept; in eval mode the running value is used, so the layer is linear: ``norm(a h) = a norm(h)``
+    for every real ``a``. Shapes: ``(B, C, H, W)`` → same.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("running_sd", torch.ones(1, channels, 1, 1))
+        self.gain = nn.Parameter(torch.ones(1, channels, 1, 1))
+
+    def forward(self, h):
+        if self.training:
+            sd = torch.sqrt(h.var(dim=(0, 2, 3), keepdim=True, unbiased=False) + 1e-5)
+            with torch.no_grad():
+                self.running_sd.lerp_(sd, 0.1)
+        else:
+            sd = self.running_sd
+        return h / sd * self.gain
+
+
+class BiasFreeUNet(nn.Module):
+    r"""A bias-free, noise-level-blind U-Net denoiser ``D(y) = y − f(y)`` (Kadkhodaie et al. 2024).
+
+    The network ``f`` predicts the noise. It has no additive constant anywhere: 3×3 convolutions
+    without bias (zero padding), :class:`BiasFreeNorm` (divide by a standard deviation, multiply
+    by a gain), ReLU, 2×2 average pooling, nearest-neighbour upsampling and skip connections by
+    concatenation. In eval mode every layer is positively homogeneous, hence so is the denoiser:
+    ``D(a y) = a D(y)`` for ``a > 0``, and, ``D`` being piecewise linear, ``D(y) = J(y) y`` with
+    ``J`` its Jacobian (Mohan et al. 2020).
+
+    Architecture: ``levels`` resolutions with ``base · min(2^l, 2)`` channels at level ``l``
+    (``base, 2 base, 2 base, …``), ``convs`` (conv, norm, ReLU) layers per level on the way down
+    and up, then a 3×3 output convolution. H and W must be divisible by ``2^(levels − 1)``.
+    :attr:`receptive_field` is the side of the input patch one output pixel can see
+    (46 for the default ``levels=3, convs=2``: the whole of a 16×16 or 32×32 image).
+
+    Call: ``forward(x, sigma=None, labels=None)`` with ``x`` of shape ``(B, channels, H, W)``
+    returns ``D(x)`` of the same shape. The network is *blind*: ``sigma`` is accepted so that
+    it can be used wherever a denoiser ``D(x, sigma)`` is expected, and ignored (it infers the
+    noise level from ``x``); ``labels`` must be None. Runs on the device of its parameters
+    (move it with ``.to``); ``x`` is moved there and the output returned on ``x``'s device.
+    """
+
+    def __init__(self, channels: int = 1, base: int = 16, levels: int = 3, convs: int = 2):
+        super().__init__()
+        for name, value in dict(channels=channels, base=base, levels=levels, convs=convs).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.kwargs = dict(channels=channels, base=base, levels=levels, convs=convs)
+        self.channels = channels
+        widths = [base * min(2 ** lvl, 2) for lvl in range(levels)]
+
+        def stage(c_in, c_out):
+            layers = []
+            for i in range(convs):
+                layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=False),
+                           BiasFreeNorm(c_out), nn.ReLU()]
+            return nn.Sequential(*layers)
+
+        self.down = nn.ModuleList()
+        c = channels
+        for w in widths:
+            self.down.append(stage(c, w))
+            c = w
+        self.up = nn.ModuleList(stage(c + w, w) for w in reversed(widths[:-1]))
+        self.out = nn.Conv2d(widths[0], channels, 3, padding=1, bias=False)
+        self.factor = 2 ** (levels - 1)
+
+    @property
+    def receptive_field(self) -> int:
+        """Side (pixels) of the input patch that can influence one output pixel (3×3 convs, 2×2 pools)."""
+        levels, convs = self.kwargs["levels"], self.kwargs["convs"]
+        rf, jump = 1, 1
+        for lvl in range(levels):  # way down: convs at stride `jump`, then a 2×2 pool
+            rf += 2 * convs * jump
+            if lvl < levels - 1:
+                rf += jump
+                jump *= 2
+        for _ in range(levels - 1):  # way up: nearest upsampling, then convs at the finer stride
+            jump //= 2
+            rf += 2 * convs * jump
+        return rf + 2  # output convolution
+
+    def noise(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's noise prediction ``f(x)`` (``(B, C, H, W)``), so that ``D(x) = x − f(x)``."""
+        _check_image(x, self.channels)
+        if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
+            raise ValueError(f"image height and width must be divisible by {self.factor}, got {tuple(x.shape[-2:])}")
+        h, skips = x, []
+        for i, stage in enumerate(self.down):
+            if i > 0:
+                h = F.avg_pool2d(h, 2)
+            h = stage(h)
+            skips.append(h)
+        skips.pop()
+        for stage in self.up:
+            h = F.interpolate(h, scale_factor=2, mode="nearest")
+            h = stage(torch.cat([h, skips.pop()], dim=1))
+        return self.out(h)
+
+    def forward(self, x, sigma=None, labels=None) -> torch.Tensor:
+        if labels is not None:
+            raise ValueError("labels must be None: BiasFreeUNet is unconditional")
+        x = as_tensor(x, "x")
+        weight = self.out.weight
+        y = x.to(device=weight.device, dtype=weight.dtype)
+        return (y - self.noise(y)).to(device=x.device, dtype=x.dtype)
+
+
+_CLASSES[BiasFreeUNet.__name__] = BiasFreeUNet
+__all__ += ["BiasFreeNorm", "BiasFreeUNet"]

@@ -21,6 +21,7 @@ import math
 from typing import Callable
 
 import torch
+from tqdm.auto import trange
 
 from ._checks import as_tensor, check_positive_int
 
@@ -69,6 +70,9 @@ def integrate(
     t_end: float = 1e-3,
     generator: torch.Generator | None = None,
     return_path: bool = False,
+    noise: float | None = None,
+    callback: Callable | None = None,
+    progress: bool = False,
 ):
     r"""Integrate the λ-family from ``t_start`` to ``t_end`` with ``n_steps`` equal time steps.
 
@@ -77,6 +81,13 @@ def integrate(
 
     * ``"euler"`` (Euler–Maruyama): ``x ← x + b(x, t_k) Δt + λ g(t_k) √|Δt| z``, ``z ~ N(0, I)``;
     * ``"heun"`` (λ = 0 only): ``x' = x + b(x, t_k) Δt``, ``x ← x + ½[b(x, t_k) + b(x', t_{k+1})] Δt``.
+
+    ``noise`` (default λ) replaces λ in the noise term only: ``lam=1, noise=0`` integrates the reverse
+    SDE's drift without its noise, the mode-tracking ODE ``dy = [f y − g² ∇log p_t] dt`` of Karczewski
+    et al. (2025). ``callback(x, t, dt, score, dw)`` is called at every Euler step with the state
+    ``x`` before the step, ``t = t_k``, ``dt = Δt``, the score ``score(x, t_k)`` used in the drift and
+    the Brownian increment ``dw = √|Δt| z`` that drives the step (zeros when ``noise = 0``), so a quantity
+    driven by the *same* noise (the log-density of :mod:`companion.density_tracking`) can be carried along.
 
     Args:
         score: ``score(x, t)`` with x ``(B, D)`` and a float t, returning ``∇ log p_t(x)`` ``(B, D)``
@@ -90,6 +101,9 @@ def integrate(
             The default ``t_end = 1e-3`` stops before the score blows up at t = 0.
         generator: optional ``torch.Generator`` for the noise (λ > 0).
         return_path: also return the times ``(N + 1,)`` and the path ``(N + 1, B, D)``.
+        noise: the noise scale ζ ≥ 0 (default λ): the noise term is ``ζ g √|Δt| z``.
+        callback: optional ``callback(x, t, dt, score, dw)`` (Euler only), see above.
+        progress: show a tqdm bar over the steps.
 
     Returns:
         x at ``t_end`` ``(B, D)``, or ``(x, ts, path)`` when ``return_path``.
@@ -109,27 +123,37 @@ def integrate(
             raise ValueError(f"{name} must be a number in [0, 1], got {v!r}")
     if t_start == t_end:
         raise ValueError("t_start and t_end must differ")
+    noise = lam if noise is None else noise
+    if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be a finite number >= 0 or None, got {noise!r}")
+    if method == "heun" and (noise != 0 or callback is not None):
+        raise ValueError("method='heun' takes neither noise nor a callback; use method='euler'")
     direction = 1.0 if t_end > t_start else -1.0
     coef = 0.5 * (1.0 - direction * lam**2)
 
-    def drift(x, t):
+    def drift(x, t, sc):
         f, g = float(process.f(_t64(t))), float(process.g(_t64(t)))
-        return f * x - coef * g**2 * score(x, t)
+        return f * x - coef * g**2 * sc
 
     ts = torch.linspace(t_start, t_end, n_steps + 1, dtype=torch.float64)
     path = [x] if return_path else None
-    for k in range(n_steps):
+    for k in trange(n_steps, disable=not progress, leave=False, desc="integrate"):
         t, t_next = float(ts[k]), float(ts[k + 1])
         dt = t_next - t
-        b = drift(x, t)
+        sc = score(x, t)
+        b = drift(x, t, sc)
         if method == "heun":
             x_pred = x + b * dt
-            x = x + 0.5 * (b + drift(x_pred, t_next)) * dt
+            x = x + 0.5 * (b + drift(x_pred, t_next, score(x_pred, t_next))) * dt
         else:
-            x = x + b * dt
-            if lam > 0:
+            z = None
+            if noise > 0:
                 z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
-                x = x + lam * float(process.g(_t64(t))) * math.sqrt(abs(dt)) * z
+            if callback is not None:
+                callback(x, t, dt, sc, torch.zeros_like(x) if z is None else math.sqrt(abs(dt)) * z)
+            x = x + b * dt
+            if z is not None:
+                x = x + noise * float(process.g(_t64(t))) * math.sqrt(abs(dt)) * z
         if return_path:
             path.append(x)
     if return_path:

@@ -481,6 +481,31 @@ def digits_unet_lik(config=None, progress=True):
 RECIPES["digits_unet_lik"] = digits_unet_lik
 
 
+CONFIGS["patches_unet"] = dict(seed=0, steps=8000, batch_size=128, lr=2e-3, ema=0.999, target="v", sigma_data=0.4,
+                               base=16, mults=[1, 2, 2], blocks=1, n_train=20000)
+
+
+def patches_unet(config=None, progress=True):
+    """Unconditional U-Net denoiser (the digits architecture) on ``n_train`` 8×8 grey patches of
+    scikit-image's photographs (:func:`companion.data.patches`, ``split="train"``; v-target, σ_data = 0.4)."""
+    from . import data as _data, runtime
+
+    cfg = _config("patches_unet", config)
+    images = _data.patches(cfg["n_train"], seed=cfg["seed"])
+    model = _built(cfg["seed"], lambda: nets.Denoiser(_unet(cfg, None), target=cfg["target"],
+                                                      sigma_data=cfg["sigma_data"]))
+    model.to(runtime.device())
+    result = train(model, images, cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], ema=cfg["ema"],
+                   generator=torch.Generator().manual_seed(cfg["seed"]), progress=progress)
+    out = result.ema_model
+    out.metrics = {"final_loss": sum(result.losses[-200:]) / len(result.losses[-200:]), "n_train": cfg["n_train"]}
+    out.config = cfg
+    return out
+
+
+RECIPES["patches_unet"] = patches_unet
+
+
 def save(model, path, recipe: str, config: dict, metrics: dict | None = None) -> Path:
     """Write ``model`` to ``path`` atomically (a temporary file in the same directory, then ``os.replace``).
 
@@ -571,6 +596,13 @@ def main(argv=None):
     print(f"{args.recipe}: {time.time() - start:.0f} s, metrics {model.metrics}, "
           f"{out.stat().st_size / 1e6:.2f} MB -> {out}")
     return out
+
+
+# Chapter 7's zoo (blind bias-free U-Nets) lives in companion/gahb.py
+from . import gahb as _gahb  # noqa: E402
+
+RECIPES.update(_gahb.RECIPES)
+CONFIGS.update(_gahb.CONFIGS)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -105,3 +105,9 @@ def test_glue_values_read_from_an_executed_notebook(tmp_path):
     (tmp_path / "x.glue.json").write_text(json.dumps({"third": {"data": {"text/plain": "'0.33'"}}}))
     assert colab.glue_values(tmp_path / "x.ipynb") == {"third": "'0.33'"}
     assert colab._format_glue("'0.5'", "") == "0.5" and colab._format_glue("0.123", ".1%") == "12.3%"
+
+
+def test_every_bibliography_entry_is_parsed():
+    """A malformed entry (e.g. a missing closing brace) swallows the next one: caught here."""
+    text = (BOOK / "references.bib").read_text()
+    assert len(BIB) == len(re.findall(r"^@\w+\s*\{", text, flags=re.M))

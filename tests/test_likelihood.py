@@ -236,6 +236,12 @@ def test_bad_inputs_name_the_argument():
         L.bits_per_dim(1.0, 0)
     with pytest.raises(ValueError, match="bin_width"):
         L.dequantize(x, -1.0)
+    with pytest.raises(ValueError, match="sigma must be a finite number"):
+        L.discrete_decoder_log_prob(x.sign(), x, 0.0, [-1.0, 1.0])
+    with pytest.raises(ValueError, match="std must be a finite number"):
+        L.gaussian_log_prob(x, -1.0)
+    with pytest.raises(ValueError, match="bin_width"):
+        L.bits_per_dim(1.0, 4, bin_width=float("nan"))
 
 
 def test_finite_at_small_sigma_float32():

@@ -133,7 +133,10 @@ TINY = {
     "digits_classifier": dict(steps=2, batch_size=8, width=4, features=8),
     "ring_mlp": dict(steps=2, batch_size=8, hidden=8, depth=1, n_data=64),
     "digits_unet_lik": dict(steps=2, batch_size=8, base=8, mults=[1, 2]),
+    "patches_unet": dict(steps=2, batch_size=8, base=8, mults=[1, 2], n_train=64),
 }
+TINY.update({name: dict(steps=2, batch_size=4, base=2, levels=2, convs=1, size=8)  # Chapter 7's zoo
+             for name in training.RECIPES if name.startswith("gahb_")})
 
 
 def test_every_recipe_has_a_tiny_config():

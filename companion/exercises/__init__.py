@@ -12,7 +12,9 @@ from .fokker import check_reverse_drift
 from .projection import check_gradient_estimation
 from .score import check_ddpm_step, check_ideal_denoiser, check_sampler_step
 from .likelihood import check_divergence
+from .density import check_log_density_step
+from .gahb import check_ideal_jacobian
 
 __all__ = ["Verdict", "compare", "check_vp_coefficients", "check_reverse_drift", "check_gradient_estimation",
            "check_ideal_denoiser", "check_sampler_step", "check_local_weights",
-           "check_ddpm_step", "check_divergence"]
+           "check_ddpm_step", "check_divergence", "check_log_density_step", "check_ideal_jacobian"]
