@@ -283,9 +283,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     book, out = Path(args.book), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.glue_from:
-        store = {md.stem: glue_values(Path(args.glue_from) / f"{md.stem}.ipynb")
-                 for md in sorted(book.glob("[0-9]*.md")) if (Path(args.glue_from) / f"{md.stem}.ipynb").exists()}
+    if args.glue_from:   # chapters executed there replace their entries; the others are kept
+        store = json.loads((out / "glue.json").read_text()) if (out / "glue.json").exists() else {}
+        chapters = [md.stem for md in sorted(book.glob("[0-9]*.md"))]
+        store = {stem: values for stem, values in store.items() if stem in chapters}
+        store.update({stem: glue_values(Path(args.glue_from) / f"{stem}.ipynb") for stem in chapters
+                      if (Path(args.glue_from) / f"{stem}.ipynb").exists()})
         (out / "glue.json").write_text(json.dumps(store, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
     repo = yaml.safe_load(Path(args.config).read_text())["repository"]
     for path in build_all(book, out, repo["url"], repo.get("branch", "main")):
