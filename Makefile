@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 BOOK_FLAGS := book --config $(CURDIR)/_config.yml --toc $(CURDIR)/_toc.yml --path-output $(CURDIR)
 
-.PHONY: book test unit notebooks site clean sync colab
+.PHONY: book test unit notebooks site clean sync assignments student-site colab
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -25,10 +25,11 @@ test: $(VENV)/.installed
 	$(MAKE) unit notebooks site
 
 unit: $(VENV)/.installed
-	TQDM_DISABLE=1 $(PY) -m pytest -q tests -m "not site and not notebooks"
+	TQDM_DISABLE=1 $(PY) -m pytest -q tests -m "not site and not assignments and not notebooks"
 
 notebooks: $(VENV)/.installed
 	TQDM_DISABLE=1 COMPANION_PROFILE=quick $(PY) -m pytest -q --durations=0 --nbmake --nbmake-timeout=300 book/*.ipynb
+	TQDM_DISABLE=1 COMPANION_PROFILE=quick $(PY) -m pytest -q --durations=0 tests -m assignments
 	TQDM_DISABLE=1 $(PY) -m pytest -q --durations=0 tests/test_notebooks.py -m notebooks
 
 # regenerate the Colab flavour (colab/*.ipynb) from the MyST sources; after a build, refresh the
@@ -46,5 +47,18 @@ site: $(VENV)/.installed
 sync: $(VENV)/.installed
 	$(VENV)/bin/jupytext --to ipynb --update book/[0-9]*.md
 
+# one folder per chapter in assignments/: student notebook, autograder (public + hidden tests), answer key
+assignments: $(VENV)/.installed
+	$(PY) -m companion.student book/[0-9]*.md --out assignments
+
+# the website without solutions, in _build_student/_build/html (no Colab button: it opens instructor notebooks)
+student-site: $(VENV)/.installed
+	rm -rf _build_student
+	$(PY) -m companion.student --site book --out _build_student/book --config _config.yml --toc _toc.yml
+	TQDM_DISABLE=1 COMPANION_PROFILE=quick $(VENV)/bin/jupyter-book build _build_student/book \
+	  --config $(CURDIR)/_build_student/_config.yml --toc $(CURDIR)/_build_student/_toc.yml \
+	  --path-output $(CURDIR)/_build_student
+	$(PY) -m pytest -q tests -m site -k student_site
+
 clean:
-	rm -rf _build .pytest_cache
+	rm -rf _build _build_student assignments .pytest_cache

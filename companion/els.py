@@ -25,21 +25,24 @@ exchanged (LS: itself; circular ELS: all positions; zero-padded ELS: the positio
 padding pattern; IS: the whole image as one "position"), and the posterior of a query patch runs over
 the training patches at the positions of its class. Distances are computed with ``unfold`` and batched
 matrix products, and the softmax is accumulated over chunks of the training set with a running
-log-sum-exp, so memory stays bounded (``chunk_elements``) and the weights are exact.
+log-sum-exp, so memory stays bounded (``chunk_elements``) and the weights are exact. Large ELS classes
+(unconditional) go through :class:`companion._els_bank.PatchBank` instead: identical training patches
+are merged with their counts as log-weights, and candidates whose total weight is provably below
+``tol`` times the normalizer are skipped (the result moves by at most ``2·tol·max|x0|``).
 
-Also here: a locality schedule (patch size per σ), a calibration of that schedule against a trained
-network (after the paper's, comparing denoiser outputs), and the per-image Pearson correlation we
-assume the paper's Table 1 reports.
+Also here: a locality schedule (patch size per σ) and its calibration against a trained network
+(:mod:`companion._els_calibrate`), and the per-image Pearson correlation that the paper's evaluation
+code computes (its abstract reports the median of r²).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ._checks import as_sigma, as_tensor
+from ._els_bank import PatchBank
 
 __all__ = [
     "ScoreMachine", "ideal", "local", "equivariant_local", "position_classes", "local_weights",
@@ -179,6 +182,12 @@ class ScoreMachine:
         chunk_elements: bound on the number of pairwise distances held in memory at once.
         cache_elements: the training patches of a patch size are tabulated once and kept when the
             table has at most this many elements (otherwise they are recomputed chunk by chunk).
+        tol: for the ELS classes with at least ``bank_min`` candidates (and no labels) the candidates
+            are deduplicated and windowed (:mod:`companion._els_bank`): candidates whose total
+            weight is provably below ``tol`` times the softmax normalizer are skipped, which moves a
+            posterior mean by at most ``2·tol·max|x0|``. ``tol=0`` skips nothing (exact).
+        bank_min: smallest class (candidates per query) that uses the bank; ``float("inf")`` gives
+            the plain streamed machine everywhere.
 
     Call: ``machine(x, sigma, labels=None, patch_size=None)`` with ``x`` ``(B, C, H, W)``, ``sigma`` a
     float or ``(B,)`` tensor; ``labels`` ``(B,)`` restricts each sample's posterior to the training
@@ -187,7 +196,8 @@ class ScoreMachine:
     """
 
     def __init__(self, data, kind: str = "els", patch_size=3, padding: str = "zeros", labels=None,
-                 chunk_elements: int = 2 ** 20, cache_elements: int = 2 ** 25):
+                 chunk_elements: int = 2 ** 20, cache_elements: int = 2 ** 25, tol: float = 1e-7,
+                 bank_min: int = 4096):
         self.data = _check_data(data)
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -209,8 +219,15 @@ class ScoreMachine:
             raise ValueError(f"chunk_elements must be a positive int, got {chunk_elements!r}")
         self.chunk_elements = chunk_elements
         self.cache_elements = int(cache_elements)
+        tol = float(tol)
+        if not 0 <= tol < 0.5:
+            raise ValueError(f"tol must lie in [0, 0.5), got {tol!r}")
+        if isinstance(bank_min, bool) or not isinstance(bank_min, (int, float)) or bank_min < 1:
+            raise ValueError(f"bank_min must be a positive number, got {bank_min!r}")
+        self.tol, self.bank_min = tol, bank_min
         self._cache: dict = {}
         self._tables: dict = {}
+        self._banks: dict = {}
 
     def __repr__(self) -> str:
         k = "" if self.kind == "is" else f", patch_size={self.patch_size!r}, padding={self.padding!r}"
@@ -225,7 +242,7 @@ class ScoreMachine:
         key = (like.dtype, like.device)
         if key not in self._cache:
             self._cache = {key: self.data.to(dtype=like.dtype, device=like.device)}
-            self._tables = {}
+            self._tables, self._banks = {}, {}
         return self._cache[key]
 
     def _size_for(self, sigma: float, override) -> int:
@@ -311,6 +328,10 @@ class ScoreMachine:
         for idx in position_classes(self.kind, self.padding, H, W, k):
             idx = idx.to(x.device)
             G, n = idx.shape
+            if self.kind == "els" and allowed is None and K * n >= self.bank_min:
+                for g in range(G):
+                    out[:, :, idx[g]] = self._bank_mean(data, q, s, k, idx[g])
+                continue
             qg = q[:, :, idx].permute(2, 0, 3, 1).reshape(G, B, n, P)
             # logits in one product: [2q/2σ², −1/2σ²]·[y; ‖y‖²] = −(‖y‖² − 2q·y)/2σ²
             # (the query's own ‖q‖² is a constant of each softmax and is dropped)
@@ -333,6 +354,21 @@ class ScoreMachine:
             est = (acc[..., :V] / acc[..., V:]).reshape(G, B, n, V).permute(1, 3, 0, 2)   # (B, V, G, n)
             out[:, :, idx] = est
         return out.reshape(B, C, H, W)
+
+    def _bank_mean(self, data, q, s, k, pos) -> torch.Tensor:
+        """Posterior means ``(B, V, n)`` of the queries at positions ``pos`` ``(n,)`` through a
+        :class:`~companion._els_bank.PatchBank` of the training patches at those positions."""
+        key = (k, int(pos[0]), len(pos))
+        if key not in self._banks:
+            cand = _patches(data, self.kind, self.padding, k)[:, :, pos]                 # (K, P, n)
+            vals = _centres(data, self.kind)[:, :, pos]                                   # (K, V, n)
+            self._banks[key] = PatchBank(cand.permute(0, 2, 1).reshape(-1, cand.shape[1]),
+                                         vals.permute(0, 2, 1).reshape(-1, vals.shape[1]))
+        B, n = q.shape[0], len(pos)
+        qq = q[:, :, pos].permute(0, 2, 1).reshape(B * n, -1)
+        inv2s2 = (0.5 / s**2).repeat_interleave(n)
+        est = self._banks[key].posterior_mean(qq, inv2s2, self.tol)
+        return est.reshape(B, n, -1).permute(0, 2, 1)
 
 
 def ideal(data, labels=None, **kw) -> ScoreMachine:
@@ -376,113 +412,6 @@ def local_weights(x, data, sigma, patch_size: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# locality schedule and calibration
-
-
-class LocalitySchedule:
-    """A patch size per noise level: ``schedule(sigma) -> k``, the size of the nearest listed σ (in log σ).
-
-    Args:
-        sigmas: 1-D sequence of positive noise levels.
-        sizes: the odd patch sizes used at those noise levels (same length).
-    """
-
-    def __init__(self, sigmas: Sequence[float], sizes: Sequence[int]):
-        sig = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
-        sz = [int(v) for v in torch.as_tensor(sizes).reshape(-1).tolist()]
-        if len(sig) == 0 or len(sig) != len(sz):
-            raise ValueError(f"sigmas and sizes must be non-empty and of equal length, got {len(sig)} and {len(sz)}")
-        if (sig <= 0).any():
-            raise ValueError("sigmas must be > 0")
-        if any(v <= 0 or v % 2 == 0 for v in sz):
-            raise ValueError(f"sizes must be odd positive ints, got {sz}")
-        self.sigmas, self.sizes = sig, sz
-
-    def __call__(self, sigma: float) -> int:
-        i = int(torch.argmin((self.sigmas.log() - torch.log(torch.tensor(float(sigma), dtype=torch.float64))).abs()))
-        return self.sizes[i]
-
-    def __repr__(self) -> str:
-        pairs = ", ".join(f"{s:.3g}:{k}" for s, k in zip(self.sigmas.tolist(), self.sizes))
-        return f"LocalitySchedule({pairs})"
-
-
-@dataclass
-class Calibration:
-    """Result of :func:`calibrate`.
-
-    Attributes:
-        schedule: the calibrated :class:`LocalitySchedule` (per step, the size with the smallest median
-            error over samples).
-        sigmas: ``(S,)`` the noise levels of the calibrated steps.
-        patch_sizes: the candidate sizes, length ``n_k``.
-        mse: ``(S, n_k, B)`` mean squared difference of the machine's and the network's denoiser
-            outputs per step, size and sample.
-        best: ``(S, B)`` the best size per step and sample (for inspecting the spread of the votes).
-    """
-
-    schedule: LocalitySchedule
-    sigmas: torch.Tensor
-    patch_sizes: list
-    mse: torch.Tensor
-    best: torch.Tensor
-
-    @property
-    def spread(self) -> torch.Tensor:
-        """``(S,)`` how decisive each step is: (worst − best) / best of the per-size median errors."""
-        med = self.mse.median(dim=2).values
-        lo = med.min(1).values
-        return (med.max(1).values - lo) / lo.clamp_min(1e-30)
-
-
-@torch.no_grad()
-def calibrate(net: Callable, machine: ScoreMachine, sigmas, x, patch_sizes: Sequence[int],
-              progress: bool = False) -> Calibration:
-    r"""Calibrate a machine's locality scale against a trained network (after Kamb & Ganguli 2025).
-
-    Runs the network's own deterministic DDIM trajectory (:func:`companion.samplers.sample` with
-    γ = 1, μ = 0) from ``x``; at every step with σ > 0 it evaluates the machine at each candidate patch
-    size on the network's current iterate and measures, per sample, the mean squared difference of
-    the denoiser outputs :math:`\|D_k(x) - D_\theta(x)\|^2 / \dim x`. (This equals σ⁴ times the squared
-    error between the scores, so per step it ranks sizes as a score comparison would. A *cosine* of
-    the scores :math:`(D - x)/\sigma^2` is not used: at large σ both scores are dominated by
-    :math:`-x/\sigma^2` and their cosine is ≈ 1 for every size.) The size of a step is the one with
-    the smallest median error over samples (our choice of aggregation).
-
-    Args:
-        net: the network's denoiser ``net(x, sigma) -> x0_hat``.
-        machine: a :class:`ScoreMachine` (its ``patch_size`` is overridden by the candidates).
-        sigmas: the sampler's descending schedule ``(N+1,)`` (the last may be 0).
-        x: initial noise ``(B, C, H, W)`` (already multiplied by ``sigmas[0]``).
-        patch_sizes: odd candidate sizes.
-        progress: show a progress bar.
-
-    Returns:
-        a :class:`Calibration`.
-    """
-    from . import samplers
-    from tqdm.auto import tqdm
-
-    sizes = [_check_patch_size(k, *machine.shape[1:]) for k in patch_sizes]
-    if not sizes:
-        raise ValueError("patch_sizes must not be empty")
-    x = _check_x(x, machine.shape)
-    sig = samplers.check_sigmas(sigmas)
-    _, path = samplers.sample(net, sig, x, gamma=1.0, mu=0.0, return_path=True)
-    steps = [i for i in range(len(sig) - 1) if sig[i] > 0]
-    mse = torch.zeros(len(steps), len(sizes), x.shape[0], dtype=x.dtype)
-    for j, i in enumerate(tqdm(steps, disable=not progress, desc="calibrating")):
-        xi, s = path[i], float(sig[i])
-        d_net = net(xi, s)
-        for a, k in enumerate(sizes):
-            mse[j, a] = (machine(xi, s, patch_size=k) - d_net).flatten(1).pow(2).mean(1).cpu()
-    best = torch.tensor(sizes)[mse.argmin(1)]                                  # (S, B)
-    chosen = torch.tensor(sizes)[mse.median(dim=2).values.argmin(1)]          # (S,)
-    schedule = LocalitySchedule(sig[steps].cpu(), chosen.tolist())
-    return Calibration(schedule, sig[steps].cpu(), sizes, mse, best)
-
-
-# --------------------------------------------------------------------------------------------------
 # metrics and data
 
 
@@ -490,7 +419,8 @@ def pearson_r(a, b) -> torch.Tensor:
     """Per-image Pearson correlation of two batches ``(B, ...)`` → ``(B,)``.
 
     Each image is flattened, its mean removed and normalized to unit length; r is the dot product.
-    We assume this is the quantity of Kamb & Ganguli's Table 1 ("ELS Corr."; their Fig. 4 writes r²).
+    This is what Kamb & Ganguli's evaluation code computes (plain r); their abstract reports the
+    median of r², and their Fig. 4 writes r².
     """
     a, b = as_tensor(a, "a"), as_tensor(b, "b")
     if a.shape != b.shape or a.dim() < 2:
@@ -501,3 +431,5 @@ def pearson_r(a, b) -> torch.Tensor:
     b = b - b.mean(1, keepdim=True)
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
 
+
+from ._els_calibrate import Calibration, LocalitySchedule, calibrate  # noqa: E402  (re-exported)

@@ -223,8 +223,7 @@ def test_calibrate_recovers_the_size_of_a_machine():
 
 
 def test_calibrate_discriminates_sizes_at_high_noise():
-    # the comparison must separate the sizes clearly even at large σ, where a cosine of the scores
-    # (D - x)/σ² is ≈ 1 for every size; here σ_max = 20 ≫ ‖x0‖
+    # the comparison must separate the sizes clearly even at large σ; here σ_max = 20 ≫ ‖x0‖
     samplers = pytest.importorskip("companion.samplers")
     g = torch.Generator().manual_seed(9)
     data = torch.rand(20, 1, 7, 7, generator=g) * 2 - 1
@@ -239,6 +238,24 @@ def test_calibrate_discriminates_sizes_at_high_noise():
     want = torch.stack([(els.equivariant_local(data, k)(x, sigmas[0]) - net(x, sigmas[0])).pow(2).flatten(1).mean(1)
                         for k in (3, 5, 7)])
     torch.testing.assert_close(cal.mse[0], want, rtol=1e-4, atol=1e-8)
+    # the paper's criterion (best score cosine per sample, median over samples) picks the same size
+    assert cal.paper_schedule.sizes == [3] * 4
+    d3, x0 = els.equivariant_local(data, 3)(x, sigmas[0]), net(x, sigmas[0])
+    cos = torch.nn.functional.cosine_similarity((d3 - x).flatten(1), (x0 - x).flatten(1), dim=1)
+    torch.testing.assert_close(cal.cosine[0, 0], cos, rtol=1e-6, atol=1e-7)
+
+
+def test_paper_schedule_is_the_median_of_per_sample_best_cosines():
+    samplers = pytest.importorskip("companion.samplers")
+    g = torch.Generator().manual_seed(10)
+    data = torch.rand(12, 1, 7, 7, generator=g) * 2 - 1
+    sigmas = samplers.loglinear(3, 0.1, 3.0)
+    x = sigmas[0] * torch.randn(4, 1, 7, 7, generator=g)
+    cal = els.calibrate(els.equivariant_local(data, 5), els.equivariant_local(data, 3), sigmas, x, [3, 5, 7])
+    best = torch.tensor([3, 5, 7])[cal.cosine.argmax(1)]                      # (S, B)
+    for j in range(3):
+        votes = sorted(best[j].tolist())
+        assert cal.paper_schedule.sizes[j] == votes[(len(votes) - 1) // 2]   # the lower median
 
 
 def test_bad_inputs():
@@ -279,7 +296,7 @@ def test_bad_inputs():
 def test_checker_local_weights():
     from companion.exercises import check_local_weights
 
-    assert check_local_weights(els.local_weights, quiet=True)
+    assert not check_local_weights(els.local_weights, quiet=True)  # handing in the reference is delegation
 
     def wrong(x, data, sigma, patch_size):  # forgets the factor 2 in 2σ²
         return els.local_weights(x, data, sigma / 2**0.5, patch_size)
@@ -293,3 +310,93 @@ def test_checker_local_weights():
 
     assert not check_local_weights(wrong, quiet=True)
     assert not check_local_weights(circular, quiet=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the fast path: deduplicated, block-bounded patch banks (companion._els_bank)
+
+
+@pytest.mark.parametrize("k,padding", [(3, "zeros"), (5, "zeros"), (3, "circular")])
+@pytest.mark.parametrize("tol", [0.0, 1e-7])
+def test_bank_path_equals_brute_force(tiny, k, padding, tol):
+    data, x = tiny
+    sigma = torch.tensor([0.4, 1.3], dtype=torch.float64)
+    got = els.equivariant_local(data, k, padding, tol=tol, bank_min=1)(x, sigma)
+    want = brute_force(x, data, sigma, "els", k, padding)
+    torch.testing.assert_close(got, want, rtol=0, atol=2 * tol * data.abs().max().item() + 1e-10)
+
+
+def _digits_like(n=120, seed=0):
+    """Blocky images with many identical patches (background) and a few grey levels, like digits."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.full((n, 1, 8, 8), -1.0, dtype=torch.float64)
+    strokes = torch.randint(0, 5, (n, 1, 4, 4), generator=g).double() / 2 - 1    # levels -1..1
+    img[:, :, 2:6, 2:6] = strokes
+    return img
+
+
+@pytest.mark.parametrize("padding", ["zeros", "circular"])
+@pytest.mark.parametrize("sigma", [3.0, 0.5, 0.1, 0.02, 1e-4])
+def test_pruning_and_dedup_equal_the_plain_machine(padding, sigma):
+    from companion import _els_bank
+
+    data = _digits_like()
+    g = torch.Generator().manual_seed(1)
+    x = data[:5] + sigma * torch.randn(5, 1, 8, 8, generator=g, dtype=torch.float64)
+    plain = els.equivariant_local(data, 3, padding, bank_min=float("inf"))(x, sigma)
+    tol = 1e-7
+    fast = els.equivariant_local(data, 3, padding, tol=tol, bank_min=1)
+    bound = 2 * tol * data.abs().max().item()
+    torch.testing.assert_close(fast(x, sigma), plain, rtol=0, atol=bound + 1e-12)
+    # float32 input: within 1e-4 of the float64 result (accumulation in float64)
+    f32 = els.equivariant_local(data.float(), 3, padding, tol=tol, bank_min=1)(x.float(), sigma)
+    assert (f32.double() - plain).abs().max() < 1e-4
+    # deduplication: the all-background patch is stored once; at low noise whole blocks are skipped
+    bank = next(iter(fast._banks.values()))
+    assert bank.n_rows < 0.8 * (len(data) * 64 if padding == "circular" else len(data) * 36)
+    if sigma <= 0.02 and padding == "circular":                           # the window excludes rows
+        q = torch.nn.functional.unfold(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="circular"), 3)
+        q = q.permute(0, 2, 1).reshape(-1, 9)
+        kept = []
+        orig = _els_bank.PatchBank._softmax_mean
+        try:
+            _els_bank.PatchBank._softmax_mean = lambda self, q_, s_, r_, rows, *a: (
+                kept.append(rows.stop - rows.start) or orig(self, q_, s_, r_, rows, *a))
+            bank.posterior_mean(q, torch.full((len(q),), 0.5 / sigma**2, dtype=torch.float64), tol)
+        finally:
+            _els_bank.PatchBank._softmax_mean = orig
+        assert sum(kept) < bank.n_rows * len(kept)
+
+
+def test_duplicated_training_set_gives_the_same_machine():
+    # counts enter as log-weights: doubling every training image leaves every posterior unchanged
+    data = _digits_like(40, seed=2)
+    x = data[:3] + 0.3 * torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    one = els.equivariant_local(data, 3, bank_min=1)
+    two = els.equivariant_local(torch.cat([data, data]), 3, bank_min=1)
+    torch.testing.assert_close(two(x, 0.3), one(x, 0.3), rtol=0, atol=1e-12)
+    # and a machine that ignored the counts would not match the plain one
+    plain = els.equivariant_local(data, 3, bank_min=float("inf"))(x, 0.3)
+    torch.testing.assert_close(one(x, 0.3), plain, rtol=0, atol=1e-12)
+
+
+def test_bank_is_sorted_by_a_unit_projection_and_keeps_counts():
+    from companion._els_bank import PatchBank
+
+    g = torch.Generator().manual_seed(4)
+    y = torch.randn(1000, 9, generator=g, dtype=torch.float64)
+    y = torch.cat([y, y[:100]])                                              # 100 duplicates
+    bank = PatchBank(y, y[:, 4:5])
+    assert bank.n_rows == 1000
+    torch.testing.assert_close(bank.u.norm(), torch.tensor(1.0, dtype=torch.float64))
+    assert (bank.z[1:] >= bank.z[:-1]).all()
+    torch.testing.assert_close(bank.y.double() @ bank.u, bank.z)
+    torch.testing.assert_close(bank.logc.exp().sum(), torch.tensor(1100.0, dtype=torch.float64))
+
+
+def test_bank_arguments():
+    data = torch.zeros(4, 1, 8, 8)
+    with pytest.raises(ValueError, match="tol"):
+        els.equivariant_local(data, 3, tol=-1.0)
+    with pytest.raises(ValueError, match="bank_min"):
+        els.equivariant_local(data, 3, bank_min=0)

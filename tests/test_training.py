@@ -134,6 +134,7 @@ TINY = {
     "ring_mlp": dict(steps=2, batch_size=8, hidden=8, depth=1, n_data=64),
     "digits_unet_lik": dict(steps=2, batch_size=8, base=8, mults=[1, 2]),
     "patches_unet": dict(steps=2, batch_size=8, base=8, mults=[1, 2], n_train=64),
+    "digits16_resnet": dict(steps=2, batch_size=8, width=8, depth=2, n_train=16),
 }
 TINY.update({name: dict(steps=2, batch_size=4, base=2, levels=2, convs=1, size=8)  # Chapter 7's zoo
              for name in training.RECIPES if name.startswith("gahb_")})
@@ -239,6 +240,21 @@ def test_dsm_loss_weight_of_another_target(weight):
         assert not torch.allclose(training.dsm_loss(D, x0, sigma, eps, weight=weight), training.dsm_loss(D, x0, sigma, eps))
     with pytest.raises(ValueError, match="weight"):
         training.train(D, x0, steps=1, weight="velocity", progress=False)
+
+
+def test_digits16_are_the_upsampled_first_digits():
+    from companion import data
+
+    imgs, labels = training.digits16(16, 10)
+    small, small_labels = data.digits()
+    assert imgs.shape == (10, 1, 16, 16) and torch.equal(labels, small_labels[:10])
+    assert imgs.min() >= -1 and imgs.max() <= 1
+    # bilinear upsampling by 2 (align_corners=False): interior pixels mix the 2×2 nearest with weights 9/16, 3/16, 1/16
+    x = small[:10]
+    want = (9 * x[..., 1, 1] + 3 * x[..., 1, 2] + 3 * x[..., 2, 1] + x[..., 2, 2]) / 16
+    torch.testing.assert_close(imgs[..., 3, 3], want)
+    with pytest.raises(ValueError, match="n_train"):
+        training.digits16(16, 5000)
 
 
 def test_train_resumes_from_its_saved_state(tmp_path):

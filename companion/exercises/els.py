@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import els
 from ..els import local_weights
 from .core import Verdict, compare
 
@@ -28,4 +29,5 @@ def check_local_weights(fn, n_cases: int = 5, seed: int = 0, quiet: bool = False
         sigma = float(0.2 + torch.rand((), generator=g))
         k = (1, 3, 5, 3, 5)[c % 5]
         cases.append(((x, data, sigma, k), {}))
-    return compare(fn, local_weights, cases, rtol=1e-6, atol=1e-9, name="local Bayes weights", quiet=quiet)
+    return compare(fn, local_weights, cases, rtol=1e-6, atol=1e-9, name="local Bayes weights", quiet=quiet,
+                   forbid=[(els, "local_weights")], forbid_source=[r"\bels\.\w+", r"import\s+local_weights"])

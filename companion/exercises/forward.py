@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import sde
 from ..sde import VP
 from .core import Verdict, compare
 
@@ -21,6 +22,7 @@ def check_vp_coefficients(fn, n_cases: int = 6, seed: int = 0, quiet: bool = Fal
     relative 1e-9. Every case includes tiny times (down to 1e-12), where ``σ(t)² = e^{B(t)} − 1`` computed
     as ``exp(B) − 1`` loses most of its digits to cancellation (``torch.expm1`` keeps them), so that
     answer is rejected, as are the usual slips: a wrong sign or a missing ½ in ``B`` or in ``s``.
+    It must not use ``companion.sde`` (the exercise is to write it).
     """
     g = torch.Generator().manual_seed(seed)
     cases = []
@@ -32,4 +34,5 @@ def check_vp_coefficients(fn, n_cases: int = 6, seed: int = 0, quiet: bool = Fal
         beta_max = float(beta_min + 25 * torch.rand((), generator=g))
         cases.append(((t, beta_min, beta_max), {}))
     return compare(fn, _vp_reference, cases, rtol=1e-9, atol=1e-300, name="VP coefficients (s, sigma)",
-                   quiet=quiet)
+                   quiet=quiet, forbid=[(VP, "s"), (VP, "sigma"), (VP, "B")],
+                   forbid_source=[r"\bsde\.", r"\bVP\("])

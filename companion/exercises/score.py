@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 
 from ..denoisers import IdealDenoiser
+from ..gmm import GaussianMixture
+from .. import samplers
 from ..samplers import step
 from .core import Verdict, compare
 
@@ -20,7 +22,8 @@ def check_ideal_denoiser(fn, n_cases: int = 6, seed: int = 0, quiet: bool = Fals
     ``data`` is ``(M, D)``, ``x`` is ``(B, D)`` and ``sigma`` a positive float; all tensors are
     float64. The answer must be the posterior mean ``Σ_i softmax_i(−‖x − x_i‖²/2σ²) x_i``
     (:class:`companion.denoisers.IdealDenoiser`). The last cases use small σ (down to 1e-4), where a naive
-    ``exp`` underflows to 0/0: use log-sum-exp (``torch.softmax`` does it for you).
+    ``exp`` underflows to 0/0: use log-sum-exp (``torch.softmax`` does it for you). The answer must
+    not call the companion's ``IdealDenoiser`` or ``GaussianMixture.denoise``.
     """
     g = torch.Generator().manual_seed(seed)
     cases = []
@@ -31,7 +34,9 @@ def check_ideal_denoiser(fn, n_cases: int = 6, seed: int = 0, quiet: bool = Fals
         data = torch.randn(M, D, generator=g, dtype=torch.float64)
         x = data[torch.randint(0, M, (B,), generator=g)] + torch.randn(B, D, generator=g, dtype=torch.float64)
         cases.append(((x, sigma, data), {}))
-    return compare(fn, _ideal_reference, cases, rtol=1e-6, atol=1e-9, name="ideal denoiser", quiet=quiet)
+    return compare(fn, _ideal_reference, cases, rtol=1e-6, atol=1e-9, name="ideal denoiser", quiet=quiet,
+                   forbid=[(IdealDenoiser, "__call__"), (GaussianMixture, "denoise")],
+                   forbid_source=[r"\bIdealDenoiser\b", r"\.denoise\("])
 
 
 def check_sampler_step(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) -> Verdict:
@@ -50,7 +55,8 @@ def check_sampler_step(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False)
         sigma = float(0.1 + 10 * torch.rand((), generator=g, dtype=torch.float64))
         sigma_next = sigma * float(0.1 + 0.8 * torch.rand((), generator=g, dtype=torch.float64))
         cases.append(((x, eps, sigma, sigma_next, mus[i % len(mus)], z), {}))
-    return compare(fn, step, cases, rtol=1e-7, atol=1e-10, name="sampler step", quiet=quiet)
+    return compare(fn, step, cases, rtol=1e-7, atol=1e-10, name="sampler step", quiet=quiet,
+                   forbid=[(samplers, "step")], forbid_source=[r"\bsamplers\.\w+"])
 
 
 def _ddpm_reference(x, x0_hat, sigma, sigma_next, z):
@@ -76,4 +82,5 @@ def check_ddpm_step(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) ->
         sigma = float(0.1 + 10 * torch.rand((), generator=g, dtype=torch.float64))
         sigma_next = sigma * float(0.1 + 0.8 * torch.rand((), generator=g, dtype=torch.float64))
         cases.append(((x * sigma, x0_hat, sigma, sigma_next, z), {}))
-    return compare(fn, _ddpm_reference, cases, rtol=1e-7, atol=1e-10, name="DDPM posterior step", quiet=quiet)
+    return compare(fn, _ddpm_reference, cases, rtol=1e-7, atol=1e-10, name="DDPM posterior step", quiet=quiet,
+                   forbid=[(samplers, "step")], forbid_source=[r"\bsamplers\.\w+"])

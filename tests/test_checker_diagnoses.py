@@ -1,0 +1,170 @@
+"""Typical mistakes in the coding exercises are rejected with the right diagnosis; delegation is caught."""
+import math
+
+import pytest
+import torch
+
+import companion as cp
+from companion.els import local_weights as lw_imported_early
+from companion.exercises.core import describe, diagnose
+
+
+def vp(t, a, b):
+    B = a * t + 0.5 * (b - a) * t**2
+    return torch.exp(-B / 2), torch.sqrt(torch.expm1(B))
+
+
+def ideal(x, sigma, data):
+    return torch.softmax(-torch.cdist(x, data) ** 2 / (2 * sigma**2), dim=1) @ data
+
+
+def local_weights(x, data, sigma, k, dim=1):
+    sq = ((x[:, None] - data[None]) ** 2).sum(2)
+    box = torch.ones(1, 1, k, k, dtype=sq.dtype)
+    d2 = torch.nn.functional.conv2d(sq.flatten(0, 1)[:, None], box, padding=k // 2).reshape(sq.shape)
+    return torch.softmax(-d2 / (2 * sigma**2), dim=dim)
+
+
+def gradient_estimation(D, sigmas, x, gamma=2.0):
+    s, eps_prev = sigmas.tolist(), None
+    for sigma, nxt in zip(s[:-1], s[1:]):
+        eps = (x - D(x, sigma)) / sigma
+        x = x + (nxt - sigma) * (eps if eps_prev is None else gamma * eps + (1 - gamma) * eps_prev)
+        eps_prev = eps
+    return x
+
+
+def drift(x, t, p, score, lam):
+    return float(p.f(t)) * x - 0.5 * (1 + lam**2) * float(p.g(t)) ** 2 * score(x, t)
+
+
+def step32(x, eps, sigma, sigma_next, mu, z):
+    sigma_p = (sigma_next / sigma**mu) ** (1 / (1 - mu))
+    return (x + (sigma_p - sigma) * eps + math.sqrt(sigma_next**2 - sigma_p**2) * z).float()
+
+
+def test_correct_answers_pass():
+    assert cp.exercises.check_vp_coefficients(vp, quiet=True)
+    assert cp.exercises.check_ideal_denoiser(ideal, quiet=True)
+    assert cp.exercises.check_local_weights(local_weights, quiet=True)
+    assert cp.exercises.check_gradient_estimation(gradient_estimation, quiet=True)
+    assert cp.exercises.check_reverse_drift(drift, quiet=True)
+
+
+MISTAKES = {  # name: (checker, wrong answer, words the message must contain)
+    "naive exp(B)-1": (cp.exercises.check_vp_coefficients,
+                       lambda t, a, b: (vp(t, a, b)[0], torch.sqrt(torch.exp(a * t + 0.5 * (b - a) * t**2) - 1)),
+                       "expm1"),
+    "sign of the score term": (cp.exercises.check_reverse_drift,
+                               lambda x, t, p, s, lam: drift(x, t, p, lambda y, u: -s(y, u), lam),
+                               "differs"),
+    "drift of the wrong sign": (cp.exercises.check_reverse_drift, lambda *a: -drift(*a), "sign is flipped"),
+    "factor 2": (cp.exercises.check_reverse_drift, lambda *a: 2 * drift(*a), "factor 2"),
+    "softmax over the wrong axis": (cp.exercises.check_local_weights,
+                                    lambda x, d, s, k: local_weights(x, d, s, k, dim=0), "wrong axis"),
+    "transposed": (cp.exercises.check_ideal_denoiser, lambda x, s, d: ideal(x, s, d).T, "wrong order"),
+    "naive exp at small sigma": (cp.exercises.check_ideal_denoiser,
+                                 lambda x, s, d: (w := torch.exp(-torch.cdist(x, d) ** 2 / (2 * s**2)))
+                                 @ d / w.sum(1, keepdim=True), "non-finite"),
+    "plain DDIM (gamma = 1)": (cp.exercises.check_gradient_estimation,
+                               lambda D, s, x: gradient_estimation(D, s, x, gamma=1.0), "differs"),
+    "forgot return": (cp.exercises.check_ideal_denoiser, lambda x, s, d: None, "forget `return`"),
+}
+
+
+@pytest.mark.parametrize("mistake", MISTAKES, ids=str)
+def test_typical_mistakes_are_diagnosed(mistake):
+    checker, wrong, words = MISTAKES[mistake]
+    verdict = checker(wrong, quiet=True)
+    assert not verdict, mistake
+    assert words in verdict.message, verdict.message
+
+
+def test_plain_ddim_is_rejected_even_with_one_case():
+    ddim = lambda D, s, x: gradient_estimation(D, s, x, gamma=1.0)  # noqa: E731
+    assert not cp.exercises.check_gradient_estimation(ddim, n_cases=1, quiet=True)
+
+
+def _cp_vp(t, a, b):
+    p = cp.sde.VP(a, b)
+    return p.s(t), p.sigma(t)
+
+
+def _cp_vp_std(t, a, b):  # VP.std is not watched: the source check catches it
+    p = cp.sde.VP(a, b)
+    s = torch.exp(-(a * t + 0.5 * (b - a) * t**2) / 2)
+    return s, p.std(t) / s
+
+
+def _cp_heun(D, sigmas, x):  # not the answer, and not watched: only the source check rejects it
+    return cp.samplers.heun(D, sigmas, x)
+
+
+def _cp_ideal(x, sigma, data):
+    return cp.denoisers.IdealDenoiser(data)(x, sigma)
+
+
+def _cp_local(x, data, sigma, k):
+    return cp.els.local_weights(x, data, sigma, k)
+
+
+def _cp_sampler(D, sigmas, x):
+    return cp.samplers.sample(D, sigmas, x, gamma=2.0)
+
+
+def _aliased_local(x, data, sigma, k):
+    from companion.els import local_weights as lw
+    return lw(x, data, sigma, k)
+
+
+def _alias_imported_before(x, data, sigma, k):
+    return lw_imported_early(x, data, sigma, k)  # bound before the check: only the globals check sees it
+
+
+DELEGATIONS = [(cp.exercises.check_local_weights, _alias_imported_before),
+               (cp.exercises.check_vp_coefficients, _cp_vp_std), (cp.exercises.check_gradient_estimation, _cp_heun),
+               (cp.exercises.check_vp_coefficients, _cp_vp), (cp.exercises.check_ideal_denoiser, _cp_ideal),
+               (cp.exercises.check_local_weights, _cp_local), (cp.exercises.check_local_weights, _aliased_local),
+               (cp.exercises.check_gradient_estimation, _cp_sampler),
+               (cp.exercises.check_local_weights, cp.els.local_weights),
+               (cp.exercises.check_ideal_denoiser, lambda x, s, d: cp.gmm.GaussianMixture(d, 0.0).denoise(x, s))]
+
+
+@pytest.mark.parametrize("checker,answer", DELEGATIONS, ids=lambda v: getattr(v, "__name__", ""))
+def test_delegation_to_the_companion_is_caught(checker, answer):
+    verdict = checker(answer, quiet=True)
+    assert not verdict and "companion's own implementation" in verdict.message, verdict.message
+
+
+def test_runtime_watch_alone_catches_delegation_and_restores():
+    """A lambda's source names cp.els too, so switch the source check off to test the run-time watch."""
+    before = dict(vars(cp.sde.VP))
+    verdict = cp.exercises.compare(_cp_vp, vp, [((torch.rand(3, dtype=torch.float64), 0.1, 20.0), {})],
+                                   forbid=[(cp.sde.VP, "s"), (cp.sde.VP, "std")], quiet=True)
+    assert not verdict and "VP.s" in verdict.message
+    assert dict(vars(cp.sde.VP)) == before  # inherited std uncovered again, s restored
+
+
+def test_messages_are_readable():
+    verdict = cp.exercises.check_gradient_estimation(lambda D, s, x: x, quiet=True)
+    assert "bound method" not in verdict.message and " at 0x" not in verdict.message
+    assert "function GaussianMixture.denoise" in verdict.message
+    assert describe(torch.tensor([0.123456789, 2.0], dtype=torch.float64)) == "[0.1235, 2]"
+    assert describe(torch.zeros(3, 5)) == "tensor(3, 5) float32 in [0, 0]"
+    assert describe(math.pi) == "3.142"
+
+
+def test_diagnose_float32():
+    e = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    g = e * (1 + 3e-7)
+    assert "float64 (the inputs" in diagnose(g, e, rtol=1e-7, atol=1e-12, was_float32=True)
+    assert "computed in float32" in diagnose(g, e, rtol=1e-7, atol=1e-12)
+    # the sampler step (tolerance 1e-7) rejects an answer computed in float32 with this diagnosis
+    v = cp.exercises.check_sampler_step(lambda *a: step32(*[t.float() if torch.is_tensor(t) else t for t in a]),
+                                        quiet=True)
+    assert not v or "float32" in v.message
+
+
+def test_diagnose_is_silent_on_unrelated_errors():
+    e = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert diagnose(e + 1.0, e) == ""
