@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 BOOK_FLAGS := book --config $(CURDIR)/_config.yml --toc $(CURDIR)/_toc.yml --path-output $(CURDIR)
 
-.PHONY: book test unit notebooks site clean sync assignments student-site
+.PHONY: book test unit notebooks site clean sync assignments student-site colab
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -25,11 +25,17 @@ test: $(VENV)/.installed
 	$(MAKE) unit notebooks site
 
 unit: $(VENV)/.installed
-	TQDM_DISABLE=1 $(PY) -m pytest -q tests -m "not site and not assignments"
+	TQDM_DISABLE=1 $(PY) -m pytest -q tests -m "not site and not assignments and not notebooks"
 
 notebooks: $(VENV)/.installed
 	TQDM_DISABLE=1 COMPANION_PROFILE=quick $(PY) -m pytest -q --durations=0 --nbmake --nbmake-timeout=300 book/*.ipynb
 	TQDM_DISABLE=1 COMPANION_PROFILE=quick $(PY) -m pytest -q --durations=0 tests -m assignments
+	TQDM_DISABLE=1 $(PY) -m pytest -q --durations=0 tests/test_notebooks.py -m notebooks
+
+# regenerate the Colab flavour (colab/*.ipynb) from the MyST sources; after a build, refresh the
+# glued values first: make colab GLUE_FROM=_build/jupyter_execute
+colab: $(VENV)/.installed
+	$(PY) -m companion.colab $(if $(GLUE_FROM),--glue-from $(GLUE_FROM))
 
 site: $(VENV)/.installed
 	rm -rf _build

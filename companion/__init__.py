@@ -6,6 +6,7 @@ on first use). One noise convention everywhere: the variance-exploding variable
 ``(x - D) / sigma`` and the score is ``(D - x) / sigma**2``.
 """
 import importlib
+from pathlib import Path
 
 __version__ = "0.1.0"
 
@@ -15,7 +16,13 @@ MODULES = (
     "fokker_planck", "reverse", "denoisers", "nets", "training", "samplers", "metrics",
     "likelihood", "els", "jacobian", "projection", "student", "density_tracking",
     "gahb",
+    "colab",
 )
+
+#: only those present on disk: a module named above whose file is not there yet is left out,
+#: so ``dir(cp)`` and ``cp.MODULES`` never promise what cannot be imported
+_HERE = Path(__file__).resolve().parent
+MODULES = tuple(m for m in MODULES if (_HERE / f"{m}.py").is_file() or (_HERE / m / "__init__.py").is_file())
 
 from . import runtime, plotting  # noqa: E402  (light, and the style applies at import)
 

@@ -47,6 +47,8 @@ def as_sigma(sigma, x: torch.Tensor, name: str = "sigma", allow_zero: bool = Fal
         out = s.reshape(-1, *([1] * (x.dim() - 1)))
     else:
         raise ValueError(f"{name} must be a float, 0-d or (B,) tensor, got shape {tuple(s.shape)}")
+    if s.is_meta:   # shapes only, no values to check (the meta device stands in for a GPU in tests)
+        return out
     if not torch.isfinite(s).all():
         raise ValueError(f"{name} must be finite")
     if allow_zero:
@@ -74,3 +76,12 @@ def check_positive_int(n, name: str) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ValueError(f"{name} must be a positive int, got {n!r}")
     return n
+
+
+def follow_device(obj, names, device) -> None:
+    """The package's device rule for tensor-holding machines: move ``obj``'s tensor attributes
+    ``names`` (``None`` allowed) to ``device``, the device of the input, in place."""
+    for name in names:
+        t = getattr(obj, name)
+        if t is not None and t.device != torch.device(device):
+            setattr(obj, name, t.to(device))

@@ -109,7 +109,13 @@ def image_set(name: str, n: int | None = None, size: int = 32, train: bool = Tru
     root = root or runtime.cache_dir() / "torchvision"
     cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST,
            "cifar10": torchvision.datasets.CIFAR10}[name]
-    ds = cls(root=str(root), train=train, download=True)
+    try:
+        ds = cls(root=str(root), train=train, download=True)
+    except (OSError, RuntimeError) as exc:   # no network (URLError is an OSError), or a broken download
+        raise RuntimeError(
+            f"image_set({name!r}) could not download {cls.__name__} into {root} ({exc}). Offline: copy "
+            f"the torchvision files there from a machine with a network, or use the offline set "
+            f"cp.data.digits() (COMPANION_PROFILE=quick)") from exc
     raw = torch.as_tensor(ds.data if not isinstance(ds.data, torch.Tensor) else ds.data.numpy())
     images = raw.float().div(127.5).sub(1.0)
     images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)

@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from ._checks import as_sigma, as_tensor, check_positive_int
+from ._checks import as_sigma, as_tensor, check_positive_int, follow_device
 
 __all__ = ["TARGETS", "x0_from", "target_from_x0", "loss_weight", "IdealDenoiser"]
 
@@ -179,7 +179,8 @@ class IdealDenoiser:
     brute force to ~1e-12); float32 data give float32 accuracy.
 
     Args:
-        data: ``(M, *shape)`` with ``M ≥ 1``; its dtype and device are used for the computation.
+        data: ``(M, *shape)`` with ``M ≥ 1``; its dtype is used for the computation, on the
+            device of the input ``x`` (the data move there on the first call).
         labels: optional ``(M,)`` integer class labels; then ``D(x, sigma, labels)`` is the ideal
             *class-conditional* denoiser (the posterior mean over the data of that class).
         chunk_size: data points per chunk (a positive int).
@@ -218,7 +219,8 @@ class IdealDenoiser:
         x = as_tensor(x, "x")
         if x.dim() < 1 or tuple(x.shape[1:]) != self.shape:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, self.shape))}), got {tuple(x.shape)}")
-        xf = x.reshape(x.shape[0], -1).to(dtype=self.data.dtype, device=self.data.device) - self.mean
+        follow_device(self, ("data", "mean", "sq_norms", "labels"), x.device)
+        xf = x.reshape(x.shape[0], -1).to(dtype=self.data.dtype) - self.mean
         s = as_sigma(sigma, xf)  # () or (B, 1)
         if labels is not None:
             if self.labels is None:
@@ -255,7 +257,7 @@ class IdealDenoiser:
             z = z * scale + p.sum(1, keepdim=True)
             acc.mul_(scale).addmm_(p, self.data[start:stop])
             m = m_new
-        if (z <= 0).any():
+        if not z.is_meta and (z <= 0).any():
             raise ValueError("some labels have no data points of that class")
         out = acc / z + self.mean
         return out.to(dtype=x.dtype, device=x.device).reshape(x.shape)

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from ._checks import as_sigma, as_tensor, check_positive_int
+from ._checks import as_sigma, as_tensor, check_positive_int, follow_device
 
 __all__ = ["GaussianMixture", "ring"]
 
@@ -34,8 +34,8 @@ class GaussianMixture:
             ``(K, D)`` (diagonal). Zero is allowed (a point mass), negative is not.
         weights: ``(K,)`` non-negative weights summing to 1; uniform when omitted.
 
-    The dtype and device of ``means`` are kept (use float64 for ground truth); inputs ``x`` are
-    converted to them.
+    The dtype of ``means`` is kept (use float64 for ground truth); inputs ``x`` are converted to
+    it. The mixture computes on the device of its input ``x`` (its tensors move there).
     """
 
     def __init__(self, means, stds=1.0, weights=None):
@@ -101,12 +101,13 @@ class GaussianMixture:
 
     # ----------------------------------------------------------- exact formulas
     def _prepare(self, x, sigma):
-        x = as_tensor(x, "x", dtype=self.means.dtype, device=self.means.device)
+        x = as_tensor(x, "x", dtype=self.means.dtype)
+        follow_device(self, ("means", "stds", "weights"), x.device)
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
         sig = as_sigma(sigma, x, allow_zero=True)  # () or (B, 1)
         var = self.stds[None] ** 2 + (sig.reshape(-1, 1, 1) if sig.dim() else sig) ** 2  # (B|1, K, D)
-        if (var <= 0).any():
+        if not var.is_meta and (var <= 0).any():
             raise ValueError("sigma must be > 0 when a component has zero std (a point mass)")
         return x, var
 
@@ -142,7 +143,7 @@ class GaussianMixture:
         responsibilities; equals ``x + σ² score(x, σ)`` (Tweedie).
         """
         x, var = self._prepare(x, sigma)
-        if (var - self.stds[None] ** 2 <= 0).any():
+        if not var.is_meta and (var - self.stds[None] ** 2 <= 0).any():
             raise ValueError("sigma must be > 0 for denoise")
         logc, diff = self._log_components(x, var)
         r = torch.softmax(logc, dim=1)

@@ -188,19 +188,21 @@ def _digits_images(images, name: str) -> torch.Tensor:
 
 @torch.no_grad()
 def digits_features(images, batch_size: int = 512) -> torch.Tensor:
-    """Classifier features ``(B, F)`` of digit images ``(B, 1, 8, 8)`` in [-1, 1] (float32, on CPU)."""
+    """Classifier features ``(B, F)`` of digit images ``(B, 1, 8, 8)`` in [-1, 1] (float32).
+
+    The classifier runs on the images' device (the package's device rule) and so do the features.
+    """
     images = _digits_images(images, "images")
     model = digits_classifier()
-    dev = next(model.parameters()).device
-    out = [model.features(images[i:i + batch_size].to(dev, torch.float32)).float().cpu()
-           for i in range(0, images.shape[0], batch_size)]
+    out = [model.features(images[i:i + batch_size]).float() for i in range(0, images.shape[0], batch_size)]
     return torch.cat(out)
 
 
 def digits_fd(images_a, images_b) -> torch.Tensor:
     """Fréchet distance between the digits-classifier features of two image sets (quick-profile FID stand-in)."""
-    return frechet_distance(digits_features(_digits_images(images_a, "images_a")),
-                            digits_features(_digits_images(images_b, "images_b")))
+    feats_a = digits_features(_digits_images(images_a, "images_a"))
+    feats_b = digits_features(_digits_images(images_b, "images_b"))
+    return frechet_distance(feats_a, feats_b.to(feats_a.device))
 
 
 @torch.no_grad()
@@ -215,10 +217,8 @@ def digits_accuracy(images, labels, batch_size: int = 512) -> float:
         raise ValueError(f"labels must be an integer tensor of shape ({images.shape[0]},), "
                          f"got {labels.dtype} {tuple(labels.shape)}")
     model = digits_classifier()
-    dev = next(model.parameters()).device
-    pred = torch.cat([model(images[i:i + batch_size].to(dev, torch.float32)).argmax(1).cpu()
-                      for i in range(0, images.shape[0], batch_size)])
-    return (pred == labels.cpu()).double().mean().item()
+    pred = torch.cat([model(images[i:i + batch_size]).argmax(1) for i in range(0, images.shape[0], batch_size)])
+    return (pred == labels.to(pred.device)).double().mean().item()
 
 
 # --------------------------------------------------------------------------- information content

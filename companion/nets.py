@@ -35,8 +35,22 @@ from .denoisers import TARGETS, x0_from
 
 __all__ = [
     "Denoiser", "MLP", "UNet", "ResNet", "DigitsClassifier", "NoiseEmbedding",
-    "spec", "build",
+    "spec", "build", "follow",
 ]
+
+
+def follow(model: nn.Module, x: torch.Tensor) -> torch.dtype:
+    """The package's device rule: move ``model`` (in place) to the device of its input ``x``.
+
+    Does nothing when the model's parameters and buffers already live there, so a chapter never
+    has to remember where a checkpoint was loaded: the model runs wherever its input is (the
+    weights travel once, on the first call with an input on another device). Returns the dtype
+    the model computes in: that of its floating-point parameters (``x``'s when it has none).
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.device != x.device for t in tensors):
+        model.to(x.device)
+    return next((t.dtype for t in tensors if t.is_floating_point()), x.dtype)
 
 def _check_n_classes(n_classes, name="n_classes"):
     if n_classes is not None and (isinstance(n_classes, bool) or not isinstance(n_classes, int)
@@ -53,15 +67,15 @@ def _labels_or_null(labels, batch: int, n_classes, device) -> torch.Tensor | Non
         return None
     if labels is None:
         return torch.full((batch,), n_classes, dtype=torch.long, device=device)
-    labels = torch.as_tensor(labels, device=device)
+    labels = torch.as_tensor(labels)       # checked where it lives, then moved to the input's device
     if labels.dim() == 0:
         labels = labels.expand(batch)
     if labels.shape != (batch,) or labels.is_floating_point():
         raise ValueError(f"labels must be an integer tensor of shape ({batch},), got "
                          f"{labels.dtype} of shape {tuple(labels.shape)}")
-    if (labels < 0).any() or (labels > n_classes).any():
+    if not labels.is_meta and ((labels < 0).any() or (labels > n_classes).any()):
         raise ValueError(f"labels must lie in 0..{n_classes} ({n_classes} = null label)")
-    return labels.long()
+    return labels.long().to(device)
 
 
 class NoiseEmbedding(nn.Module):
@@ -276,6 +290,7 @@ class DigitsClassifier(nn.Module):
         x = as_tensor(x, "x")
         if x.dim() != 4 or x.shape[1:] != (self.channels, 8, 8):
             raise ValueError(f"x must have shape (B, {self.channels}, 8, 8), got {tuple(x.shape)}")
+        x = x.to(follow(self, x))
         return F.silu(self.fc(self.conv(x).flatten(1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -295,7 +310,8 @@ class Denoiser(nn.Module):
 
     ``forward(x, sigma, labels=None)``: x ``(B, *shape)``, sigma a float, 0-d or ``(B,)``
     tensor (> 0), labels ``(B,)`` ints in 0..n_classes or None (the null label ``n_classes``,
-    i.e. the unconditional model). The net sees ``x_in = x / sqrt(σ² + σ_data²)`` and
+    i.e. the unconditional model). The model runs on the device of ``x`` (:func:`follow` moves
+    it there) and answers in ``x``'s dtype. The net sees ``x_in = x / sqrt(σ² + σ_data²)`` and
     ``c_noise = log(σ)/4`` (Karras et al. 2022, Table 1), and its output ``F`` is converted
     with :func:`companion.denoisers.x0_from`; for ``target="v"`` that is
     ``D = σ_data²/(σ²+σ_data²) x − σ σ_data/sqrt(σ²+σ_data²) F``.
@@ -326,7 +342,8 @@ class Denoiser(nn.Module):
         s_b = s.reshape(-1).expand(x.shape[0]) if s.dim() == 0 else s.reshape(-1)
         labels = _labels_or_null(labels, x.shape[0], self.n_classes, x.device)
         c_in = 1.0 / torch.sqrt(s ** 2 + self.sigma_data ** 2)
-        pred = self.net(c_in * x, torch.log(s_b) / 4, labels)
+        dtype = follow(self, x)                        # run where x lives, in the model's dtype
+        pred = self.net((c_in * x).to(dtype), (torch.log(s_b) / 4).to(dtype), labels)
         return x0_from(pred, self.target, x, s_b, self.sigma_data)
 
 

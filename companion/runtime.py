@@ -1,9 +1,10 @@
 """Where and how the book's code runs: device, seeding, profile and cache directory.
 
 Every chapter starts with ``cp.runtime.seed(0)`` and reads its sizes from
-``cp.runtime.choose(quick=..., full=...)``. The *quick* profile is what CI executes on a
-2-core CPU; the *full* profile runs at paper scale and is the default when CUDA is present.
-Set ``COMPANION_PROFILE=quick`` or ``COMPANION_PROFILE=full`` to override the default.
+``cp.runtime.choose(quick=..., full=..., smoke=...)``. The *quick* profile is what CI executes on a
+2-core CPU; the *full* profile runs at paper scale and is the default when CUDA is present. The
+*smoke* profile is for CI only: the full branch (its keys, its code paths) at reduced size, so no
+full branch can rot unexecuted. Set ``COMPANION_PROFILE=quick|full|smoke`` to override the default.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PROFILES = ("quick", "full")
+PROFILES = ("quick", "full", "smoke")
 
 __all__ = ["PROFILES", "device", "seed", "profile", "choose", "cache_dir", "in_colab", "describe", "glue"]
 
@@ -46,7 +47,7 @@ def seed(n: int = 0) -> torch.Generator:
 
 
 def profile() -> str:
-    """The active profile, ``"quick"`` or ``"full"``.
+    """The active profile, ``"quick"``, ``"full"`` or ``"smoke"`` (only when asked for).
 
     ``COMPANION_PROFILE`` decides when set; otherwise ``"full"`` if CUDA is available, else
     ``"quick"``. Any other value of the variable raises ``ValueError``.
@@ -61,12 +62,22 @@ def profile() -> str:
     return "full" if torch.cuda.is_available() else "quick"
 
 
-def choose(quick, full):
-    """Return ``quick`` or ``full`` according to :func:`profile`.
+def choose(quick, full, smoke=None):
+    """Return ``quick`` or ``full`` according to :func:`profile`, or the full table at smoke size.
 
-    Example: ``cfg = choose(quick=dict(n=1797, steps=2000), full=dict(n=60000, steps=200000))``.
+    Example: ``cfg = choose(quick=dict(n=1797, steps=2000), full=dict(n=60000, steps=200000),
+    smoke=dict(steps=20))``. In the ``smoke`` profile (``COMPANION_PROFILE=smoke``, for CI) the
+    result is ``full`` updated with ``smoke`` (a dict of reduced sizes; ``quick`` when omitted),
+    so the full branch runs end to end at a size a CPU finishes in seconds. For tables that are
+    not dicts, ``smoke`` (or ``quick``) itself is returned.
     """
-    return full if profile() == "full" else quick
+    active = profile()
+    if active != "smoke":
+        return full if active == "full" else quick
+    small = quick if smoke is None else smoke
+    if isinstance(full, dict) and isinstance(small, dict):
+        return {**full, **small}
+    return small
 
 
 def cache_dir() -> Path:

@@ -94,7 +94,8 @@ class ForwardProcess:
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device="cpu").to(x0.device)
         return s * (x0 + sig * eps), eps
 
-    def simulate(self, x0, n_steps: int, generator: torch.Generator | None = None, t_end: float = 1.0):
+    def simulate(self, x0, n_steps: int, generator: torch.Generator | None = None, t_end: float = 1.0,
+                 every: int = 1):
         """Euler–Maruyama simulation of dx = f(t) x dt + g(t) dW from t = 0 to ``t_end``.
 
         ``x_{k+1} = x_k + f(t_k) x_k Δt + g(t_k) √Δt z_k`` with ``z_k ~ N(0, I)``.
@@ -104,26 +105,32 @@ class ForwardProcess:
             n_steps: number of equal time steps.
             generator: optional ``torch.Generator``.
             t_end: final time in (0, 1].
+            every: keep the state every ``every`` steps (and always the first and the last);
+                ``every=n_steps`` keeps only ``x0`` and the final state, so memory does not grow
+                with ``n_steps`` (200,000 particles × 3,000 steps would otherwise hold 3,001 copies).
 
         Returns:
-            ``(ts, xs)``: times of shape ``(n_steps + 1,)`` and the trajectory of shape
-            ``(n_steps + 1, B, *dims)`` with ``xs[0] == x0``.
+            ``(ts, xs)``: the kept times ``(K,)`` and states ``(K, B, *dims)`` with ``xs[0] == x0`` and
+            ``xs[-1]`` the state at ``t_end``; ``K = n_steps + 1`` for ``every=1``.
         """
         x0 = as_tensor(x0, "x0")
         if x0.dim() == 0:
             raise ValueError("x0 must have a batch dimension, got a scalar")
         check_positive_int(n_steps, "n_steps")
+        check_positive_int(every, "every")
         if not (0 < t_end <= 1):
             raise ValueError(f"t_end must lie in (0, 1], got {t_end!r}")
         ts = torch.linspace(0.0, t_end, n_steps + 1, dtype=x0.dtype, device=x0.device)
         dt = t_end / n_steps
-        xs = [x0]
+        kept, xs = [0], [x0]
         x = x0
         for k in range(n_steps):
             z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device="cpu").to(x0.device)
             x = x + self.f(ts[k]) * x * dt + self.g(ts[k]) * math.sqrt(dt) * z
-            xs.append(x)
-        return ts, torch.stack(xs)
+            if (k + 1) % every == 0 or k + 1 == n_steps:
+                kept.append(k + 1)
+                xs.append(x)
+        return ts[kept], torch.stack(xs)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())

@@ -333,6 +333,8 @@ def student_book(book_dir, out_dir, config=None, toc=None) -> Path:
         cfg = yaml.safe_load(Path(config).read_text())
         cfg["title"] = f"{cfg.get('title', 'Book')} (student edition)"
         cfg.pop("launch_buttons", None)
+        if "repository" in cfg:   # no Colab button, so not the Colab folder: the sources' own folder
+            cfg["repository"]["path_to_book"] = out_dir.name
         local = (cfg.get("sphinx") or {}).get("local_extensions") or {}
         for name, rel in local.items():  # paths are relative to the config file, which moves
             local[name] = str((Path(config).parent / rel).resolve())

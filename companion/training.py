@@ -123,13 +123,26 @@ def _ema_update(ema_model, model, decay):
         be.copy_(b)
 
 
-def _loop(model, steps, batch_loss, lr, ema, progress, desc):
-    """Shared optimisation loop: Adam at a constant ``lr``, EMA with warm-up, tqdm."""
+def _loop(model, steps, batch_loss, lr, ema, progress, desc, resume=None, every=1000, generator=None):
+    """Shared optimisation loop: Adam at a constant ``lr``, EMA with warm-up, tqdm.
+
+    With ``resume`` (a path), the whole state (weights, EMA, Adam, step, losses, generator) is
+    written there atomically every ``every`` steps and at the end, and read back when the file
+    exists: an interrupted run continues where it stopped; a finished one returns at once.
+    """
     optimiser = torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
     ema_model = copy.deepcopy(model).eval().requires_grad_(False)
     model.train()
-    losses = []
-    bar = trange(steps, desc=desc, disable=not progress, leave=False)
+    losses, start = [], 0
+    if resume is not None and Path(resume).exists():
+        state = torch.load(resume, map_location=_device_of(model), weights_only=True)
+        model.load_state_dict(state["model"])
+        ema_model.load_state_dict(state["ema"])
+        optimiser.load_state_dict(state["optimiser"])
+        losses, start = list(state["losses"]), int(state["step"])
+        if generator is not None:
+            generator.set_state(state["generator"].cpu())
+    bar = trange(start, steps, desc=desc, disable=not progress, leave=False)
     for step in bar:
         loss = batch_loss()
         optimiser.zero_grad(set_to_none=True)
@@ -140,6 +153,11 @@ def _loop(model, steps, batch_loss, lr, ema, progress, desc):
         losses.append(loss.item())
         if step % 50 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        if resume is not None and ((step + 1) % every == 0 or step == steps - 1):
+            _atomic_save({"model": model.state_dict(), "ema": ema_model.state_dict(),
+                          "optimiser": optimiser.state_dict(), "step": step + 1, "losses": losses,
+                          "generator": generator.get_state() if generator is not None else torch.zeros(0)},
+                         Path(resume))
     model.eval()
     return TrainResult(model, ema_model, losses)
 
@@ -167,7 +185,7 @@ def train(model, data, steps: int, batch_size: int = 128, lr: float = 1e-3, labe
           label_dropout: float = 0.1, ema: float = 0.999, sigma_sampler: str = "lognormal",
           P_mean: float = -1.2, P_std: float = 1.2, sigma_min: float = 0.002, sigma_max: float = 80.0,
           generator: torch.Generator | None = None, progress: bool = True,
-          weight: str | None = None) -> TrainResult:
+          weight: str | None = None, resume=None, resume_every: int = 1000) -> TrainResult:
     """Denoising score matching for a :class:`companion.nets.Denoiser` (trains ``model`` in place).
 
     Each step draws ``batch_size`` points of ``data`` with replacement, σ from ``sigma_sampler``
@@ -192,6 +210,11 @@ def train(model, data, steps: int, batch_size: int = 128, lr: float = 1e-3, labe
         progress: show a tqdm bar.
         weight: None (the model's own target) or a target name (``"x0"``, ``"eps"``, ``"v"``,
             ``"score"``) whose weight ω(σ) replaces it in the loss (see :func:`dsm_loss`).
+        resume: optional path (e.g. in :func:`companion.runtime.cache_dir`) of a resumable
+            training state, written atomically every ``resume_every`` steps and at the end; when
+            it exists, training continues from it (a rerun after a disconnect loses at most
+            ``resume_every`` steps, and a finished run is not repeated). Use one path per
+            configuration.
 
     Returns:
         :class:`TrainResult` ``(model, ema_model, losses)``.
@@ -227,7 +250,8 @@ def train(model, data, steps: int, batch_size: int = 128, lr: float = 1e-3, labe
             y = torch.where(drop, torch.full_like(labels[idx], model.n_classes), labels[idx])
         return dsm_loss(model, x0, sigma, eps, y, weight)
 
-    return _loop(model, steps, batch_loss, lr, ema, progress, "training")
+    return _loop(model, steps, batch_loss, lr, ema, progress, "training", resume,
+                 check_positive_int(resume_every, "resume_every"), generator)
 
 
 def _shift(images, shift, generator):
@@ -548,10 +572,16 @@ def save(model, path, recipe: str, config: dict, metrics: dict | None = None) ->
         "state_dict": {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()},
         "metrics": nets._plain(dict(metrics if metrics is not None else getattr(model, "metrics", {}))),
     }
+    return _atomic_save(payload, path)
+
+
+def _atomic_save(obj, path: Path) -> Path:
+    """``torch.save(obj)`` to a temporary file next to ``path``, then rename: never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(payload, tmp)
+        torch.save(obj, tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
@@ -577,12 +607,12 @@ def load(name_or_path, device=None):
     """A trained model from the zoo (``"digits_unet"``, ...) or from a file written by :func:`save`.
 
     The file is read with ``torch.load(..., weights_only=True)``, the architecture is rebuilt from its
-    stored spec, and the model is returned in eval mode with gradients off, on ``device`` (default
-    :func:`companion.runtime.device`). ``model.checkpoint`` holds the file's recipe, config, version
+    stored spec, and the model is returned in eval mode with gradients off, on ``device`` (default:
+    the CPU). Wherever it was loaded, a model runs on the device of its input
+    (:func:`companion.nets.follow`), so ``load(name)`` followed by ``model(x.to(dev), sigma)`` runs on
+    ``dev``. ``model.checkpoint`` holds the file's recipe, config, version
     and metrics. A missing zoo file raises ``FileNotFoundError`` naming the command that makes it.
     """
-    from . import runtime
-
     path, name = _resolve(name_or_path)
     if not path.exists():
         recipe = name or "<recipe>"
@@ -591,7 +621,7 @@ def load(name_or_path, device=None):
     payload = torch.load(path, map_location="cpu", weights_only=True)
     model = nets.build(payload["architecture"])
     model.load_state_dict(payload["state_dict"])
-    model.to(device if device is not None else runtime.device()).eval().requires_grad_(False)
+    model.to(device if device is not None else "cpu").eval().requires_grad_(False)
     model.checkpoint = {k: payload[k] for k in ("recipe", "config", "version", "metrics")}
     return model
 

@@ -45,14 +45,25 @@ def test_pair_in_sync_and_without_outputs(md):
             assert not cell.get("outputs"), f"{nb_path.name} has outputs committed"
 
 
+def release_spec():
+    """``git+URL@vVERSION``: the repository of _config.yml at the tag of the package's version."""
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    import companion
+    assert companion.__version__ == version, "companion.__version__ and pyproject.toml disagree"
+    return f"git+{CONFIG['repository']['url']}@v{version}"
+
+
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
-def test_setup_cell_installs_from_configured_repository(md):
-    url, branch = CONFIG["repository"]["url"], CONFIG["repository"]["branch"]
+def test_setup_cell_installs_the_release_when_the_import_fails(md):
+    """Try the import; else install the book's release loudly (no -q), on any platform."""
     code = [c for c in jupytext.read(md).cells if c.cell_type == "code"]
     first = code[0].source
-    assert "google.colab" in first and "pip" in first, "the first code cell must be the Colab setup cell"
-    assert f"git+{url}@{branch}" in first, f"setup cell must install git+{url}@{branch} (from _config.yml)"
+    assert first.startswith("# Setup") and "except ModuleNotFoundError:" in first
+    assert f'"{release_spec()}"' in first, f"setup cell must install {release_spec()}"
+    assert "-q" not in first and "check_returncode()" in first and "google.colab" not in first
     assert "cp.runtime.seed(" in first and "cp.runtime.describe()" in first
+    assert first == [c for c in jupytext.read(CHAPTERS[0]).cells if c.cell_type == "code"][0].source, \
+        "every chapter has the same setup cell as the first"
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
@@ -68,7 +79,8 @@ def test_chapter_template(md):
 
 def test_colab_configuration():
     assert CONFIG["launch_buttons"]["colab_url"].startswith("https://colab.research.google.com")
-    assert CONFIG["repository"]["path_to_book"] == "book"
+    colab_dir = ROOT / CONFIG["repository"]["path_to_book"]     # the Colab button's folder
+    assert all((colab_dir / f"{md.stem}.ipynb").exists() for md in CHAPTERS)
     assert "**.ipynb" in CONFIG["exclude_patterns"]
     assert CONFIG["execute"]["raise_on_error"] is True
 
@@ -159,3 +171,41 @@ def test_profile_number_finder_sees_typed_numbers():
     values = profile_dependent_numbers(text, ["n", "s"])
     assert values == {2000.0, 300.0}
     assert sorted(v for v, _ in prose_numbers(text) if v in values) == [300.0, 2000.0]
+
+
+def _run_setup_cell(monkeypatch, returncode, stderr):
+    """Execute Chapter 1's setup cell where ``import companion`` fails and pip is a stub."""
+    import builtins
+    import subprocess
+
+    calls, real_import = [], builtins.__import__
+
+    def no_companion(name, *args, **kwargs):
+        if name == "companion" and not calls:
+            raise ModuleNotFoundError("No module named 'companion'")
+        return real_import(name, *args, **kwargs)
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, returncode, stdout="pip says hello", stderr=stderr)
+
+    monkeypatch.setattr(builtins, "__import__", no_companion)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    source = [c for c in jupytext.read(CHAPTERS[0]).cells if c.cell_type == "code"][0].source
+    exec(compile(source, "setup-cell", "exec"), {})
+    return calls
+
+
+def test_setup_cell_installs_loudly_when_the_import_fails(monkeypatch, capsys):
+    calls = _run_setup_cell(monkeypatch, 0, "")
+    assert calls and calls[0][1:4] == ["-m", "pip", "install"] and calls[0][-1] == release_spec()
+    out = capsys.readouterr().out
+    assert "installing the companion package" in out and "pip says hello" in out and "describe" not in out
+
+
+def test_setup_cell_shows_pip_errors(monkeypatch, capsys):
+    import subprocess
+
+    with pytest.raises(subprocess.CalledProcessError):
+        _run_setup_cell(monkeypatch, 1, "ERROR: could not find v0.1.0")
+    assert "ERROR: could not find v0.1.0" in capsys.readouterr().out

@@ -57,3 +57,19 @@ def test_image_set_bad_name_and_offline_hint(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_torchvision)
     with pytest.raises(ImportError, match="digits"):
         cp.data.image_set("mnist")
+
+
+def test_image_set_without_network_names_the_offline_alternative(monkeypatch, tmp_path):
+    """A download that fails (no network) is reported with the offline alternatives."""
+    import sys
+    import types
+    import urllib.error
+
+    def offline(**kwargs):
+        raise urllib.error.URLError("no network")
+
+    fake = types.ModuleType("torchvision")
+    fake.datasets = types.SimpleNamespace(MNIST=offline, FashionMNIST=offline, CIFAR10=offline)
+    monkeypatch.setitem(sys.modules, "torchvision", fake)
+    with pytest.raises(RuntimeError, match=r"Offline: copy .*cp\.data\.digits\(\)"):
+        cp.data.image_set("mnist", root=tmp_path)

@@ -65,3 +65,14 @@ def test_profile_full_when_cuda_reported(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert cp.runtime.profile() == "full"
     assert cp.runtime.choose(quick="q", full="f") == "f"
+
+
+def test_smoke_profile_is_the_full_table_at_reduced_size(monkeypatch):
+    monkeypatch.setenv("COMPANION_PROFILE", "smoke")
+    assert cp.runtime.profile() == "smoke"
+    quick, full = dict(n=10, steps=(1, 2)), dict(n=1000, steps=(1, 2, 3), extra="full only")
+    assert cp.runtime.choose(quick, full, smoke=dict(n=5)) == dict(n=5, steps=(1, 2, 3), extra="full only")
+    assert cp.runtime.choose(quick, full) == dict(n=10, steps=(1, 2), extra="full only")
+    assert cp.runtime.choose(quick="q", full="f") == "q" and cp.runtime.choose("q", "f", smoke="s") == "s"
+    monkeypatch.setenv("COMPANION_PROFILE", "full")
+    assert cp.runtime.choose(quick, full, smoke=dict(n=5)) == full

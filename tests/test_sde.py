@@ -111,3 +111,17 @@ def test_python_float_times_give_float64_coefficients():
     t = 1e-7
     exact = math.sqrt(math.expm1(0.1 * t + 0.5 * 19.9 * t * t))
     assert abs(vp.sigma(t).item() / exact - 1) < 1e-12
+
+
+@pytest.mark.parametrize("every", [1, 4, 10])
+def test_simulate_keeps_only_what_is_asked_for(every):
+    """``every`` thins the returned path; the kept states are those of the full path (same noise)."""
+    p, x0 = cp.sde.VP(), torch.randn(5, 3, dtype=torch.float64)
+    ts_all, xs_all = p.simulate(x0, 10, generator=torch.Generator().manual_seed(2))
+    ts, xs = p.simulate(x0, 10, generator=torch.Generator().manual_seed(2), every=every)
+    kept = {1: list(range(11)), 4: [0, 4, 8, 10], 10: [0, 10]}[every]
+    assert xs.shape == (len(kept), 5, 3)
+    torch.testing.assert_close(ts, ts_all[kept], rtol=0, atol=0)
+    torch.testing.assert_close(xs, xs_all[kept], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="every"):
+        p.simulate(x0, 10, every=0)

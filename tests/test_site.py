@@ -42,6 +42,8 @@ def test_colab_button_targets_committed_notebook(name):
     html = page(name)
     repo = CONFIG["repository"]["url"].removeprefix("https://github.com/")
     links = set(re.findall(r'href="(https://colab\.research\.google\.com/[^"]+)"', html))
-    expected = f"https://colab.research.google.com/github/{repo}/blob/{CONFIG['repository']['branch']}/book/{name}.ipynb"
+    folder = CONFIG["repository"]["path_to_book"]      # the generated Colab flavour (companion.colab)
+    expected = (f"https://colab.research.google.com/github/{repo}/blob/{CONFIG['repository']['branch']}"
+                f"/{folder}/{name}.ipynb")
     assert expected in links, f"Colab links found: {links}"
-    assert (ROOT / "book" / f"{name}.ipynb").exists()
+    assert (ROOT / folder / f"{name}.ipynb").exists()

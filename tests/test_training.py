@@ -255,3 +255,26 @@ def test_digits16_are_the_upsampled_first_digits():
     torch.testing.assert_close(imgs[..., 3, 3], want)
     with pytest.raises(ValueError, match="n_train"):
         training.digits16(16, 5000)
+
+
+def test_train_resumes_from_its_saved_state(tmp_path):
+    """An interrupted run (20 of 30 steps) resumed from ``resume`` equals an uninterrupted one."""
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+
+    def fresh():
+        torch.manual_seed(0)
+        return nets.Denoiser(nets.MLP(dim=2, hidden=16, depth=1))
+
+    def run(model, steps, path):
+        return training.train(model, data, steps, batch_size=16, generator=torch.Generator().manual_seed(1),
+                              progress=False, resume=path, resume_every=7)
+
+    whole = run(fresh(), 30, None)
+    path = tmp_path / "state.pt"
+    run(fresh(), 20, path)                         # "disconnect" after 20 steps
+    resumed = run(fresh(), 30, path)
+    assert resumed.losses == whole.losses
+    for a, b in zip(resumed.ema_model.state_dict().values(), whole.ema_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    again = run(fresh(), 30, path)                 # finished: nothing left to train
+    assert again.losses == whole.losses and not list(tmp_path.glob(".*.tmp"))
