@@ -19,7 +19,7 @@ import torch
 
 PROFILES = ("quick", "full", "smoke")
 
-__all__ = ["PROFILES", "device", "seed", "profile", "choose", "cache_dir", "in_colab", "describe", "glue"]
+__all__ = ["PROFILES", "device", "seed", "profile", "choose", "cache_dir", "in_colab", "describe", "format_config", "glue"]
 
 
 def device() -> torch.device:
@@ -100,6 +100,21 @@ def describe() -> str:
         f"companion {__version__} | torch {torch.__version__} | python {platform.python_version()}"
         f" | device: {device().type} | profile: {profile()}"
     )
+
+
+def format_config(cfg: dict, width: int = 86) -> str:
+    """The active profile and a chapter's size table, one ``key = value`` per line, for printing.
+
+    ``cfg`` is the dict :func:`choose` returned; lines longer than ``width`` characters are cut with
+    an ellipsis, so the printed table fits the book's column.
+    """
+    if not isinstance(cfg, dict):
+        raise TypeError(f"cfg must be a dict (what runtime.choose returns), got {type(cfg).__name__}")
+    lines = [f"profile: {profile()}"]
+    for key, value in cfg.items():
+        line = f"  {key} = {value!r}"
+        lines.append(line if len(line) <= width else line[: width - 1] + "…")
+    return "\n".join(lines)
 
 
 def glue(name: str, value, display: bool = False):

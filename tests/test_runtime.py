@@ -76,3 +76,13 @@ def test_smoke_profile_is_the_full_table_at_reduced_size(monkeypatch):
     assert cp.runtime.choose(quick="q", full="f") == "q" and cp.runtime.choose("q", "f", smoke="s") == "s"
     monkeypatch.setenv("COMPANION_PROFILE", "full")
     assert cp.runtime.choose(quick, full, smoke=dict(n=5)) == full
+
+
+def test_format_config_one_line_per_key_within_width():
+    text = cp.runtime.format_config(dict(n=10, steps=(1, 2, 3), long="x" * 200), width=40)
+    lines = text.splitlines()
+    assert lines[0] == f"profile: {cp.runtime.profile()}"
+    assert lines[1:3] == ["  n = 10", "  steps = (1, 2, 3)"]
+    assert len(lines[3]) == 40 and lines[3].endswith("…")
+    with pytest.raises(TypeError, match="cfg"):
+        cp.runtime.format_config([1, 2])
