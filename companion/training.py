@@ -347,23 +347,32 @@ def _built(seed, make):
         return make()
 
 
-def _digits_denoiser(name, config, net_factory, conditional, progress=True):
-    from . import data as _data, runtime
+def _fit_denoiser(cfg, images, net_factory, labels=None, progress=True, **train_kwargs):
+    """Build ``nets.Denoiser(net_factory(cfg, n_classes))`` (seeded by ``cfg["seed"]``), train it on
+    ``images`` (class-conditional when ``labels`` are given) and return its EMA copy with ``config``
+    and ``metrics`` set: the one training path of every image recipe."""
+    from . import runtime
 
-    cfg = _config(name, config)
-    images, labels = _data.digits()
-    n_classes = 10 if conditional else None
+    n_classes = 10 if labels is not None else None
     model = _built(cfg["seed"], lambda: nets.Denoiser(net_factory(cfg, n_classes), target=cfg["target"],
                                                       sigma_data=cfg["sigma_data"], n_classes=n_classes))
     model.to(runtime.device())
     result = train(model, images, cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-                   labels=labels if conditional else None, label_dropout=cfg.get("label_dropout", 0.0),
-                   ema=cfg["ema"], generator=torch.Generator().manual_seed(cfg["seed"]), progress=progress)
+                   labels=labels, label_dropout=cfg.get("label_dropout", 0.0), ema=cfg["ema"],
+                   generator=torch.Generator().manual_seed(cfg["seed"]), progress=progress, **train_kwargs)
     out = result.ema_model
     out.metrics = {"final_loss": sum(result.losses[-200:]) / len(result.losses[-200:]),
                    "n_train": images.shape[0]}
     out.config = cfg
     return out
+
+
+def _digits_denoiser(name, config, net_factory, conditional, progress=True):
+    from . import data as _data
+
+    images, labels = _data.digits()
+    return _fit_denoiser(_config(name, config), images, net_factory,
+                         labels=labels if conditional else None, progress=progress)
 
 
 def _unet(cfg, n_classes):
@@ -460,22 +469,13 @@ def digits_unet_lik(config=None, progress=True):
     """U-Net denoiser (the architecture of ``digits_unet``) trained with the ELBO's σ⁻³ weighting
     (ε target, log-uniform σ on ``[sigma_min, sigma_max]``) on the first ``n_train`` digits of
     :func:`digits_split`; the rest are held out for Chapter 4's bits per dimension."""
-    from . import data as _data, runtime
+    from . import data as _data
 
     cfg = _config("digits_unet_lik", config)
     images, _ = _data.digits()
     train_idx, _ = digits_split(cfg["n_train"])
-    model = _built(cfg["seed"], lambda: nets.Denoiser(_unet(cfg, None), target=cfg["target"],
-                                                      sigma_data=cfg["sigma_data"]))
-    model.to(runtime.device())
-    result = train(model, images[train_idx], cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-                   ema=cfg["ema"], sigma_sampler="loguniform", sigma_min=cfg["sigma_min"],
-                   sigma_max=cfg["sigma_max"], generator=torch.Generator().manual_seed(cfg["seed"]),
-                   progress=progress)
-    out = result.ema_model
-    out.metrics = {"final_loss": sum(result.losses[-200:]) / len(result.losses[-200:]), "n_train": len(train_idx)}
-    out.config = cfg
-    return out
+    return _fit_denoiser(cfg, images[train_idx], _unet, progress=progress, sigma_sampler="loguniform",
+                         sigma_min=cfg["sigma_min"], sigma_max=cfg["sigma_max"])
 
 
 RECIPES["digits_unet_lik"] = digits_unet_lik
@@ -508,20 +508,9 @@ def digits16(size: int = 16, n_train: int = 200):
 def digits16_resnet(config=None, progress=True):
     """Unconditional zero-padded ResNet on :func:`digits16` (receptive field 11×11 by default:
     ``depth=5``, ``kernel=3``); v-target, σ_data = 0.5, log-normal σ."""
-    from . import runtime
-
     cfg = _config("digits16_resnet", config)
     images, _ = digits16(cfg["size"], cfg["n_train"])
-    model = _built(cfg["seed"], lambda: nets.Denoiser(_resnet(cfg, None), target=cfg["target"],
-                                                      sigma_data=cfg["sigma_data"]))
-    model.to(runtime.device())
-    result = train(model, images, cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], ema=cfg["ema"],
-                   generator=torch.Generator().manual_seed(cfg["seed"]), progress=progress)
-    out = result.ema_model
-    out.metrics = {"final_loss": sum(result.losses[-200:]) / len(result.losses[-200:]),
-                   "n_train": images.shape[0]}
-    out.config = cfg
-    return out
+    return _fit_denoiser(cfg, images, _resnet, progress=progress)
 
 
 RECIPES["digits16_resnet"] = digits16_resnet
@@ -534,19 +523,11 @@ CONFIGS["patches_unet"] = dict(seed=0, steps=8000, batch_size=128, lr=2e-3, ema=
 def patches_unet(config=None, progress=True):
     """Unconditional U-Net denoiser (the digits architecture) on ``n_train`` 8×8 grey patches of
     scikit-image's photographs (:func:`companion.data.patches`, ``split="train"``; v-target, σ_data = 0.4)."""
-    from . import data as _data, runtime
+    from . import data as _data
 
     cfg = _config("patches_unet", config)
     images = _data.patches(cfg["n_train"], seed=cfg["seed"])
-    model = _built(cfg["seed"], lambda: nets.Denoiser(_unet(cfg, None), target=cfg["target"],
-                                                      sigma_data=cfg["sigma_data"]))
-    model.to(runtime.device())
-    result = train(model, images, cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], ema=cfg["ema"],
-                   generator=torch.Generator().manual_seed(cfg["seed"]), progress=progress)
-    out = result.ema_model
-    out.metrics = {"final_loss": sum(result.losses[-200:]) / len(result.losses[-200:]), "n_train": cfg["n_train"]}
-    out.config = cfg
-    return out
+    return _fit_denoiser(cfg, images, _unet, progress=progress)
 
 
 RECIPES["patches_unet"] = patches_unet
