@@ -39,6 +39,17 @@ def check_ideal_denoiser(fn, n_cases: int = 6, seed: int = 0, quiet: bool = Fals
                    forbid_source=[r"\bIdealDenoiser\b", r"\.denoise\("])
 
 
+def _step_draws(n_cases, seed):
+    """Per case: three float64 ``(3 + i, 2)`` normal tensors, then ``sigma`` in [0.1, 10.1) and
+    ``0.1 sigma ≤ sigma_next < 0.9 sigma`` — the random inputs of the two sampler-step checkers."""
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n_cases):
+        a, b, c = (torch.randn(3 + i, 2, generator=g, dtype=torch.float64) for _ in range(3))
+        sigma = float(0.1 + 10 * torch.rand((), generator=g, dtype=torch.float64))
+        sigma_next = sigma * float(0.1 + 0.8 * torch.rand((), generator=g, dtype=torch.float64))
+        yield a, b, c, sigma, sigma_next
+
+
 def check_sampler_step(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) -> Verdict:
     """Check ``fn(x, eps, sigma, sigma_next, mu, z) -> x_next``, one update of Permenter & Yuan's sampler.
 
@@ -46,15 +57,9 @@ def check_sampler_step(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False)
     ``η = sqrt(σ_next² − σ_p²)`` (:func:`companion.samplers.step`); μ = 0 is DDIM, μ = ½ is DDPM.
     ``x, eps, z`` are float64 ``(B, D)`` tensors, the rest floats.
     """
-    g = torch.Generator().manual_seed(seed)
     mus = [0.0, 0.5, 0.25, 0.9]
-    cases = []
-    for i in range(n_cases):
-        B, D = 3 + i, 2
-        x, eps, z = (torch.randn(B, D, generator=g, dtype=torch.float64) for _ in range(3))
-        sigma = float(0.1 + 10 * torch.rand((), generator=g, dtype=torch.float64))
-        sigma_next = sigma * float(0.1 + 0.8 * torch.rand((), generator=g, dtype=torch.float64))
-        cases.append(((x, eps, sigma, sigma_next, mus[i % len(mus)], z), {}))
+    cases = [((x, eps, sigma, sigma_next, mus[i % len(mus)], z), {})
+             for i, (x, eps, z, sigma, sigma_next) in enumerate(_step_draws(n_cases, seed))]
     return compare(fn, step, cases, rtol=1e-7, atol=1e-10, name="sampler step", quiet=quiet,
                    forbid=[(samplers, "step")], forbid_source=[r"\bsamplers\.\w+"])
 
@@ -74,13 +79,7 @@ def check_ddpm_step(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) ->
     DDIM ratio σ'/σ in the mean, a standard deviation without the square root, noise of σ' or of
     :math:`\sqrt{\sigma^2 - \sigma'^2}` — are rejected.
     """
-    g = torch.Generator().manual_seed(seed)
-    cases = []
-    for i in range(n_cases):
-        B, D = 3 + i, 2
-        x, x0_hat, z = (torch.randn(B, D, generator=g, dtype=torch.float64) for _ in range(3))
-        sigma = float(0.1 + 10 * torch.rand((), generator=g, dtype=torch.float64))
-        sigma_next = sigma * float(0.1 + 0.8 * torch.rand((), generator=g, dtype=torch.float64))
-        cases.append(((x * sigma, x0_hat, sigma, sigma_next, z), {}))
+    cases = [((x * sigma, x0_hat, sigma, sigma_next, z), {})
+             for x, x0_hat, z, sigma, sigma_next in _step_draws(n_cases, seed)]
     return compare(fn, _ddpm_reference, cases, rtol=1e-7, atol=1e-10, name="DDPM posterior step", quiet=quiet,
                    forbid=[(samplers, "step")], forbid_source=[r"\bsamplers\.\w+"])
