@@ -128,11 +128,12 @@ class PatchBank:
         table, vals, ymax = self._table(q.dtype)
         table, vals = table[rows], vals[:, rows]
         smax = float(inv2s2.max())
-        dt, qc = q.dtype, q
+        dt, qc, ynorm = q.dtype, q, float(ymax)
         if q.dtype != torch.float64 and _EPS32 * (float(q.norm(dim=1).max()) + float(ymax)) ** 2 * smax > 1e-5:
             c = q.mean(0, keepdim=True)
             yc = self.y[rows].double() - c.double()
-            spread = float(yc.norm(dim=1).max()) + float((q - c).norm(dim=1).max())
+            ynorm = float(yc.norm(dim=1).max()) if len(yc) else 0.0
+            spread = ynorm + float((q - c).norm(dim=1).max())
             if _EPS32 * spread**2 * smax > 1e-5:
                 dt = torch.float64
             table = torch.cat([yc, yc.pow(2).sum(1, keepdim=True), self.logc[rows, None],
@@ -151,6 +152,9 @@ class PatchBank:
         s = inv2s2.to(dt)[:, None]
         lhs = torch.cat([2 * s * qc, -s, torch.ones_like(s), -s * qc.pow(2).sum(1, keepdim=True)
                          - shift.to(dt)[:, None]], 1)                          # (n, P + 3)
+        # no clamp needed when even the farthest row, ‖q − y‖ ≤ ‖q‖ + max‖y‖, stays above the floor
+        far = (-inv2s2.double() * (qc.double().norm(dim=1) + ynorm) ** 2 - shift.double()).min()
+        clamp = not fixed or float(far) < floor
         acc = torch.zeros(vals.shape[0], n, dtype=torch.float64, device=q.device)    # [Σ w v, Σ w]ᵀ
         m_run = torch.full((1, n), -math.inf, dtype=torch.float64, device=q.device)
         for a in range(0, table.shape[0], rows_per_chunk):
@@ -160,6 +164,8 @@ class PatchBank:
                 acc *= torch.exp(m_run - m_new)
                 logit -= m_new.T.to(dt)
                 m_run = m_new
+            if clamp:
+                logit.clamp_min_(floor)
             # [v, 1]ᵀ · wᵀ: a wide output, several times faster than w · [v, 1] with its two columns
-            acc += (vals[:, a:a + rows_per_chunk] @ logit.clamp_min_(floor).exp_().T).double()
+            acc += (vals[:, a:a + rows_per_chunk] @ logit.exp_().T).double()
         return (acc[:-1] / acc[-1:]).T
