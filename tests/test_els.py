@@ -400,3 +400,20 @@ def test_bank_arguments():
         els.equivariant_local(data, 3, tol=-1.0)
     with pytest.raises(ValueError, match="bank_min"):
         els.equivariant_local(data, 3, bank_min=0)
+
+
+def test_benchmark_baseline_is_the_plain_machine():
+    # benchmarks/els_speed.py times the machine against a batched evaluation written from the paper's
+    # equations; it must compute the same posterior means (else its speed-ups compare different things)
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "els_speed.py"
+    spec = importlib.util.spec_from_file_location("els_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = _digits_like(60, seed=5)
+    x = data[:3] + 0.4 * torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    for k, sigma, tile in [(3, 0.4, 2**20), (5, 0.05, 500)]:                # one tile; many small tiles
+        want = els.equivariant_local(data, k, bank_min=float("inf"))(x, sigma)
+        torch.testing.assert_close(bench.batched_els(x, data, sigma, k, tile), want, rtol=0, atol=1e-12)
