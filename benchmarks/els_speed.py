@@ -90,6 +90,11 @@ def timed(fn, repeat=1):
     return out, best
 
 
+def pairs(x, data, k):
+    """(query, candidate) pairs of the plain machine: sum over position classes of (B n) (N n)."""
+    return sum(len(x) * len(data) * len(pos) ** 2 for pos in padding_classes(*x.shape[2:], k))
+
+
 def needed_fraction(x, data, sigma, k, tol, n_query=256):
     """Fraction of (query, candidate) pairs of the largest position class whose log-weight is within
     log(C/tol) of the query's best (float64; on ``n_query`` of its queries): what exact pruning must keep."""
@@ -101,6 +106,33 @@ def needed_fraction(x, data, sigma, k, tol, n_query=256):
     logw = -torch.cdist(q, y).pow(2) / (2 * sigma**2)
     cut = torch.log(torch.tensor(len(y) / tol, dtype=torch.float64))
     return (logw >= logw.amax(1, keepdim=True) - cut).double().mean().item()
+
+
+def flops_per_pair(C, k):
+    """FLOPs of one (query, candidate) pair: ``2(P + 3)`` for the logit, ``2(C + 1)`` for the sums."""
+    return 2 * (C * k * k + 3) + 2 * (C + 1)
+
+
+def full_profile_estimate(cpu_flops, n_train=50_000, size=32, tflops=10.0, exps_per_s=4e12):
+    """An estimate (no GPU measured) of the time per sample and sampler step of the full profile.
+
+    Pairs per sample and step: ``n_train * sum over position classes of n^2`` (zero padding, no
+    deduplication or pruning: the cost at high noise, where nothing can be skipped), FLOPs per pair
+    from :func:`flops_per_pair` plus one exp. The GPU rate is an assumption (``tflops`` sustained
+    float32 on these thin products, ``exps_per_s``); the CPU time extrapolates ``cpu_flops``, the
+    rate (FLOP/s, exps included in the time) measured for the machine without pruning.
+    """
+    print(f"full profile estimate, per sample and step ({size}x{size}, N = {n_train:,}; GPU assumed "
+          f"{tflops:g} TFLOP/s and {exps_per_s:.0e} exp/s; one CPU thread at the measured "
+          f"{cpu_flops / 1e9:.1f} GFLOP/s):")
+    for name, C in (("MNIST", 1), ("CIFAR-10", 3)):
+        for k in (3, 5, 7):
+            pairs = n_train * sum(g.shape[0] * g.shape[1] ** 2
+                                  for g in els.position_classes("els", "zeros", size, size, k))
+            flops = pairs * flops_per_pair(C, k)
+            gpu = flops / (tflops * 1e12) + pairs / exps_per_s
+            print(f"{name:>9} k={k}: {pairs:.2e} pairs, {flops:.2e} FLOP; GPU ~{gpu:.2f} s, "
+                  f"CPU ~{flops / cpu_flops:.0f} s")
 
 
 def main(quick=False, repeat=3):
@@ -133,6 +165,8 @@ def main(quick=False, repeat=3):
                 diff = (fast - base).abs().max().item()
                 e_base, e_fast = ((base.double() - ref).abs().max().item(), (fast.double() - ref).abs().max().item())
                 need = needed_fraction(x, data, sigma, k, machine.tol)
+                if sigma == sigmas[0]:                 # nothing pruned: FLOP rate of the last set
+                    cpu_flops = pairs(x, data, k) * flops_per_pair(data.shape[1], k) / t_fast
                 tot = totals.setdefault((name, k), [0.0, 0.0])
                 tot[0] += t_base
                 tot[1] += t_fast
@@ -143,6 +177,7 @@ def main(quick=False, repeat=3):
         per = tf / (len(sigmas) * n_query)
         print(f"{name:>12} {k}: batched {tb:.2f} s, els {tf:.2f} s, speed-up {tb / tf:.1f}x; "
               f"els per image and step {per * 1e3:.1f} ms")
+    full_profile_estimate(cpu_flops)
 
 
 if __name__ == "__main__":
