@@ -100,8 +100,8 @@ def needed_fraction(x, data, sigma, k, tol, n_query=256):
     log(C/tol) of the query's best (float64; on ``n_query`` of its queries): what exact pruning must keep."""
     d = k // 2
     pos = max(padding_classes(*x.shape[2:], k), key=len)
-    patches = lambda t: F.unfold(F.pad(t.double(), (d, d, d, d)), k)[:, :, pos].permute(0, 2, 1).reshape(-1, k * k)  # noqa: E731
-    q, y = patches(x), patches(data)
+    q, y = (F.unfold(F.pad(t.double(), (d, d, d, d)), k)[:, :, pos].permute(0, 2, 1).reshape(-1, k * k)
+            for t in (x, data))
     q = q[torch.randperm(len(q), generator=torch.Generator().manual_seed(1))[:n_query]]
     logw = -torch.cdist(q, y).pow(2) / (2 * sigma**2)
     cut = torch.log(torch.tensor(len(y) / tol, dtype=torch.float64))

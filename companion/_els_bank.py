@@ -21,8 +21,11 @@ Two reductions make it fast without changing the result beyond a stated toleranc
 
 Logits come out of one matrix product per group of queries, after shifting both sides by the
 group's mean query when that reduces the float32 cancellation of :math:`\|q\|^2 - 2q\cdot y +
-\|y\|^2`, and in float64 whenever the estimated float32 rounding of a logit exceeds ``1e-5``; the
-softmax-weighted sums are accumulated in float64.
+\|y\|^2`, and in float64 whenever the estimated float32 rounding of a logit exceeds ``1e-5``. Logits that could
+fall below the smallest normal number are clamped there (torch's exp is ~100x slower beyond it; the
+clamped weights change the normalizer by less than ``m·e^-47``). The softmax-weighted sums come out
+of a second product laid out as ``[v, 1]ᵀ · wᵀ`` (a wide output, several times faster than
+``w · [v, 1]``) and are accumulated in float64.
 """
 from __future__ import annotations
 

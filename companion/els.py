@@ -357,7 +357,8 @@ class ScoreMachine:
                 if allowed is not None:
                     w.masked_fill_(~ok, 0.0)
                 # rescale, then add [centre, 1]ᵀ·wᵀ (a wide output: faster than w·[centre, 1])
-                acc = torch.baddbmm(acc * torch.exp(m_run - safe).transpose(1, 2), vg.transpose(1, 2), w.transpose(1, 2))
+                scale = torch.exp(m_run - safe).transpose(1, 2)
+                acc = torch.baddbmm(acc * scale, vg.transpose(1, 2), w.transpose(1, 2))
                 m_run = m_new
             est = (acc[:, :V] / acc[:, V:]).reshape(G, V, B, n).permute(2, 1, 0, 3)       # (B, V, G, n)
             out[:, :, idx] = est
