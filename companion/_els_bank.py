@@ -21,8 +21,8 @@ Two reductions make it fast without changing the result beyond a stated toleranc
 
 Logits come out of one matrix product per group of queries, after shifting both sides by the
 group's mean query when that reduces the float32 cancellation of :math:`\|q\|^2 - 2q\cdot y +
-\|y\|^2`, and in float64 whenever the estimated float32 rounding of a logit exceeds ``1e-5``. Logits that could
-fall below the smallest normal number are clamped there (torch's exp is ~100x slower beyond it; the
+\|y\|^2`, and in float64 whenever the estimated float32 rounding of a logit exceeds ``1e-4``.
+Logits that could fall below the smallest normal number are clamped there (torch's exp is ~100x slower beyond it; the
 clamped weights change the normalizer by less than ``m·e^-47``). The softmax-weighted sums come out
 of a second product laid out as ``[v, 1]ᵀ · wᵀ`` (a wide output, several times faster than
 ``w · [v, 1]``) and are accumulated in float64.
@@ -36,6 +36,7 @@ import torch
 __all__ = ["PatchBank"]
 
 _EPS32 = 2.0 ** -24
+_ROUNDING = 1e-4   # largest estimated float32 rounding of a logit before float64 is used
 
 
 class PatchBank:
@@ -123,7 +124,7 @@ class PatchBank:
         Logits ``−‖q−y‖²/2σ² + log c − ref`` come out of one product ``[2sq, −s, 1, −s‖q‖² − ref] ·
         [y, ‖y‖², log c, 1]`` (s = 1/2σ²), with q and y shifted by a centring point when that
         reduces float32 cancellation, in float64 when the rounding estimate
-        ``eps·(‖q−c‖ + ‖y−c‖)²·s`` exceeds 1e-5; the logits are shifted by ``max log c`` when that
+        ``eps·(‖q−c‖ + ‖y−c‖)²·s`` exceeds 1e-4; the logits are shifted by ``max log c`` when that
         keeps the largest weight above e^-40 (float32), otherwise the maximum is tracked per chunk
         (running log-sum-exp); each chunk's weighted sums are added in float64.
         """
@@ -132,12 +133,13 @@ class PatchBank:
         table, vals = table[rows], vals[:, rows]
         smax = float(inv2s2.max())
         dt, qc, ynorm = q.dtype, q, float(ymax)
-        if q.dtype != torch.float64 and _EPS32 * (float(q.norm(dim=1).max()) + float(ymax)) ** 2 * smax > 1e-5:
+        rounding = _EPS32 * (float(q.norm(dim=1).max()) + float(ymax)) ** 2 * smax
+        if q.dtype != torch.float64 and rounding > _ROUNDING:
             c = q.mean(0, keepdim=True)
             yc = self.y[rows].double() - c.double()
             ynorm = float(yc.norm(dim=1).max()) if len(yc) else 0.0
             spread = ynorm + float((q - c).norm(dim=1).max())
-            if _EPS32 * spread**2 * smax > 1e-5:
+            if _EPS32 * spread**2 * smax > _ROUNDING:
                 dt = torch.float64
             table = torch.cat([yc, yc.pow(2).sum(1, keepdim=True), self.logc[rows, None],
                                torch.ones_like(yc[:, :1])], 1).to(dt)
