@@ -20,7 +20,7 @@ from ._checks import as_tensor, check_batch, check_positive_int
 __all__ = [
     "sliced_wasserstein", "mmd", "frechet_distance", "nearest_neighbour_distance",
     "digits_classifier", "digits_features", "digits_fd", "digits_accuracy",
-    "png_size", "zlib_size",
+    "png_size", "zlib_size", "sign_test",
 ]
 
 
@@ -268,3 +268,29 @@ def zlib_size(images, level: int = 9) -> torch.Tensor:
     if isinstance(level, bool) or level not in range(10):
         raise ValueError(f"level must be an int in 0..9, got {level!r}")
     return torch.tensor([len(zlib.compress(a.tobytes(), level)) for a in _quantized(images)])
+
+
+def sign_test(a, b) -> tuple[int, int, float]:
+    r"""Paired sign test: on how many pairs is ``a > b``, and is that a significant majority?
+
+    Args:
+        a, b: paired scores of the same shape ``(N,)`` (e.g. per-seed correlations of two models
+            with a reference).
+
+    Returns:
+        ``(wins, n, p)``: ``wins`` pairs with ``a > b`` among the ``n`` pairs that are not tied,
+        and the exact two-sided p-value of the binomial test of ``wins ~ Bin(n, 1/2)``,
+        :math:`p = \min\big(1, 2\,P(X \le \min(w, n - w))\big)` (``p = 1`` when ``n = 0``).
+    """
+    import math
+
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    if a.dim() != 1 or a.shape != b.shape or a.numel() == 0:
+        raise ValueError(f"a and b must be non-empty 1-D tensors of the same shape, got {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise ValueError("a and b must be finite")
+    d = a.double() - b.double().to(a.device)
+    wins, n = int((d > 0).sum()), int((d != 0).sum())
+    tail = sum(math.comb(n, k) for k in range(min(wins, n - wins) + 1)) / 2**n
+    return wins, n, min(1.0, 2 * tail)

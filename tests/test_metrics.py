@@ -135,3 +135,30 @@ def test_digits_fd_zero_for_same_set_and_grows_with_noise(digits):
            for s in (0.0, 0.3, 1.0)]
     assert fds[0] < fds[1] < fds[2]
     assert M.digits_features(ref).shape[0] == len(held)
+
+
+# ----------------------------------------------------------------------- sign test
+def test_sign_test_matches_the_binomial_test():
+    from scipy.stats import binomtest
+
+    for n in range(1, 31):
+        for wins in range(n + 1):
+            a = torch.tensor([1.0] * wins + [-1.0] * (n - wins) + [0.0])   # one tie, dropped
+            w, m, p = M.sign_test(a, torch.zeros(n + 1))
+            assert (w, m) == (wins, n)
+            assert p == pytest.approx(binomtest(wins, n).pvalue, rel=1e-12)
+
+
+def test_sign_test_by_hand():
+    # 9 of 10: p = 2 (1 + 10) / 2**10
+    w, n, p = M.sign_test(torch.arange(10.0), torch.tensor([5.0] + [-1.0] * 9))
+    assert (w, n) == (9, 10) and p == pytest.approx(22 / 1024)
+    assert M.sign_test(torch.ones(3), torch.ones(3)) == (0, 0, 1.0)
+
+
+@pytest.mark.parametrize("a,b", [(torch.ones(3), torch.ones(4)), (torch.ones(2, 2), torch.ones(2, 2)),
+                                 (torch.ones(0), torch.ones(0)), (torch.tensor([1.0, float("nan")]),
+                                                                  torch.ones(2))])
+def test_sign_test_rejects_bad_input(a, b):
+    with pytest.raises(ValueError, match="a and b"):
+        M.sign_test(a, b)
