@@ -14,7 +14,12 @@ from .score import check_ddpm_step, check_ideal_denoiser, check_sampler_step
 from .likelihood import check_divergence
 from .density import check_log_density_step
 from .gahb import check_ideal_jacobian
+from .forward import check_vp_mixture_log_prob
+from .fokker import check_reverse_sampler
+from .score import check_mixture_denoiser
+from .likelihood import check_ode_log_likelihood
 
 __all__ = ["Verdict", "compare", "check_vp_coefficients", "check_reverse_drift", "check_gradient_estimation",
            "check_ideal_denoiser", "check_sampler_step", "check_local_weights",
-           "check_ddpm_step", "check_divergence", "check_log_density_step", "check_ideal_jacobian"]
+           "check_ddpm_step", "check_divergence", "check_log_density_step", "check_ideal_jacobian",
+           "check_vp_mixture_log_prob", "check_reverse_sampler", "check_mixture_denoiser", "check_ode_log_likelihood"]
