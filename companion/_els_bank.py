@@ -21,8 +21,11 @@ Two reductions make it fast without changing the result beyond a stated toleranc
 
 Logits come out of one matrix product per group of queries, after shifting both sides by the
 group's mean query when that reduces the float32 cancellation of :math:`\|q\|^2 - 2q\cdot y +
-\|y\|^2`, and in float64 whenever the estimated float32 rounding of a logit exceeds ``1e-5``; the
-softmax-weighted sums are accumulated in float64.
+\|y\|^2`, and in float64 whenever the estimated float32 rounding of a logit exceeds ``1e-4``.
+Logits that could fall below the smallest normal number are clamped there (torch's exp is ~100x slower beyond it; the
+clamped weights change the normalizer by less than ``m·e^-47``). The softmax-weighted sums come out
+of a second product laid out as ``[v, 1]ᵀ · wᵀ`` (a wide output, several times faster than
+``w · [v, 1]``) and are accumulated in float64.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ import torch
 __all__ = ["PatchBank"]
 
 _EPS32 = 2.0 ** -24
+_ROUNDING = 1e-4   # largest estimated float32 rounding of a logit before float64 is used
 
 
 class PatchBank:
@@ -67,7 +71,7 @@ class PatchBank:
         self.n_rows = rows.shape[0]
         self.log_total = math.log(float(counts.sum()))
 
-    def posterior_mean(self, q: torch.Tensor, inv2s2: torch.Tensor, tol: float, group: int = 32,
+    def posterior_mean(self, q: torch.Tensor, inv2s2: torch.Tensor, tol: float, group: int = 64,
                        near: int = 512, rows_per_chunk: int = 4096) -> torch.Tensor:
         """Posterior means ``(Q, V)`` of queries ``q`` ``(Q, P)`` with ``inv2s2 = 1/2σ²`` ``(Q,)``.
 
@@ -105,13 +109,13 @@ class PatchBank:
         return out.to(q.dtype)
 
     def _table(self, dtype):
-        """``[y, ‖y‖², log c, 1]`` and ``[v, 1]`` in ``dtype`` (cached)."""
+        """``[y, ‖y‖², log c, 1]`` ``(n, P+3)`` and ``[v, 1]ᵀ`` ``(V+1, n)`` in ``dtype`` (cached)."""
         key = ("table", dtype)
         if key not in self.__dict__:
             y = self.y.double()
             one = torch.ones_like(self.logc[:, None])
             self.__dict__[key] = (torch.cat([y, y.pow(2).sum(1, keepdim=True), self.logc[:, None], one], 1).to(dtype),
-                                  torch.cat([self.v.double(), one], 1).to(dtype), y.norm(dim=1).max())
+                                  torch.cat([self.v.double(), one], 1).T.contiguous().to(dtype), y.norm(dim=1).max())
         return self.__dict__[key]
 
     def _softmax_mean(self, q, inv2s2, ref, rows: slice, rows_per_chunk):
@@ -120,20 +124,22 @@ class PatchBank:
         Logits ``−‖q−y‖²/2σ² + log c − ref`` come out of one product ``[2sq, −s, 1, −s‖q‖² − ref] ·
         [y, ‖y‖², log c, 1]`` (s = 1/2σ²), with q and y shifted by a centring point when that
         reduces float32 cancellation, in float64 when the rounding estimate
-        ``eps·(‖q−c‖ + ‖y−c‖)²·s`` exceeds 1e-5; the logits are shifted by ``max log c`` when that
-        keeps the largest weight above e^-60 (float32), otherwise the maximum is tracked per chunk
+        ``eps·(‖q−c‖ + ‖y−c‖)²·s`` exceeds 1e-4; the logits are shifted by ``max log c`` when that
+        keeps the largest weight above e^-40 (float32), otherwise the maximum is tracked per chunk
         (running log-sum-exp); each chunk's weighted sums are added in float64.
         """
         n, P = q.shape
         table, vals, ymax = self._table(q.dtype)
-        table, vals = table[rows], vals[rows]
+        table, vals = table[rows], vals[:, rows]
         smax = float(inv2s2.max())
-        dt, qc = q.dtype, q
-        if q.dtype != torch.float64 and _EPS32 * (float(q.norm(dim=1).max()) + float(ymax)) ** 2 * smax > 1e-5:
+        dt, qc, ynorm = q.dtype, q, float(ymax)
+        rounding = _EPS32 * (float(q.norm(dim=1).max()) + float(ymax)) ** 2 * smax
+        if q.dtype != torch.float64 and rounding > _ROUNDING:
             c = q.mean(0, keepdim=True)
             yc = self.y[rows].double() - c.double()
-            spread = float(yc.norm(dim=1).max()) + float((q - c).norm(dim=1).max())
-            if _EPS32 * spread**2 * smax > 1e-5:
+            ynorm = float(yc.norm(dim=1).max()) if len(yc) else 0.0
+            spread = ynorm + float((q - c).norm(dim=1).max())
+            if _EPS32 * spread**2 * smax > _ROUNDING:
                 dt = torch.float64
             table = torch.cat([yc, yc.pow(2).sum(1, keepdim=True), self.logc[rows, None],
                                torch.ones_like(yc[:, :1])], 1).to(dt)
@@ -142,19 +148,29 @@ class PatchBank:
         # every log-weight is ≤ max log c, and the best one is ≥ ref: if max log c − ref is moderate,
         # shift by max log c (no overflow, no underflow of the largest weight, no running maximum)
         peak = float(self.logc.max()) - ref
-        fixed = float(peak.max()) <= (600.0 if dt == torch.float64 else 60.0)
+        # exp leaves its fast path below the smallest normal number: logits are clamped at `floor`
+        # (each clamped weight is below e^floor times the largest weight, or e^(floor + margin) when
+        # the shift is fixed: a relative change below m·e^-47 of the normalizer)
+        floor, margin = (-700.0, 600.0) if dt == torch.float64 else (-87.0, 40.0)
+        fixed = float(peak.max()) <= margin
         shift = ref + peak if fixed else ref
         s = inv2s2.to(dt)[:, None]
         lhs = torch.cat([2 * s * qc, -s, torch.ones_like(s), -s * qc.pow(2).sum(1, keepdim=True)
                          - shift.to(dt)[:, None]], 1)                          # (n, P + 3)
-        acc = torch.zeros(n, vals.shape[1], dtype=torch.float64, device=q.device)
-        m_run = torch.full((n, 1), -math.inf, dtype=torch.float64, device=q.device)
+        # no clamp needed when even the farthest row, ‖q − y‖ ≤ ‖q‖ + max‖y‖, stays above the floor
+        far = (-inv2s2.double() * (qc.double().norm(dim=1) + ynorm) ** 2 - shift.double()).min()
+        clamp = not fixed or float(far) < floor
+        acc = torch.zeros(vals.shape[0], n, dtype=torch.float64, device=q.device)    # [Σ w v, Σ w]ᵀ
+        m_run = torch.full((1, n), -math.inf, dtype=torch.float64, device=q.device)
         for a in range(0, table.shape[0], rows_per_chunk):
             logit = lhs @ table[a:a + rows_per_chunk].T                        # (n, m) log-weight − shift
             if not fixed:                                                      # running log-sum-exp
-                m_new = torch.maximum(m_run, logit.amax(1, keepdim=True).double())
+                m_new = torch.maximum(m_run, logit.amax(1).double()[None])
                 acc *= torch.exp(m_run - m_new)
-                logit -= m_new.to(dt)
+                logit -= m_new.T.to(dt)
                 m_run = m_new
-            acc += (logit.exp_() @ vals[a:a + rows_per_chunk]).double()
-        return acc[:, :-1] / acc[:, -1:]
+            if clamp:
+                logit.clamp_min_(floor)
+            # [v, 1]ᵀ · wᵀ: a wide output, several times faster than w · [v, 1] with its two columns
+            acc += (vals[:, a:a + rows_per_chunk] @ logit.exp_().T).double()
+        return (acc[:-1] / acc[-1:]).T

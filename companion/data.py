@@ -230,8 +230,10 @@ def c_alpha(n: int, size: int = 16, alpha: float = 2.0, generator: torch.Generat
     * the pixel ``(i, j)`` shows the first background with weight ``clip(i + 1 − c(j), 0, 1)`` (the
       fraction of the pixel below the contour, an anti-aliased edge) and the second with the rest.
 
-    The ``|k|^-α`` filter gives power spectra ``∝ |k|^{-2α}``; the Hölder regularity of such random
-    functions is about ``α − 1/2`` (measured in Chapter 7). Generated in float64, returned float32.
+    The ``|k|^-α`` filter gives power spectra ``∝ |k|^{-2α}``; a random field with such a spectrum in
+    ``d`` dimensions is Hölder-regular of order about ``α − d/2``: ``α − 1/2`` for the contour (d = 1) but
+    ``α − 1`` for the backgrounds (d = 2), so the α = 1 backgrounds are rough (Chapter 7 estimates both
+    orders from structure functions). Generated in float64, returned float32.
     """
     check_positive_int(n, "n")
     size = _check_size(size)

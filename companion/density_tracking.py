@@ -21,7 +21,10 @@ integral ``½ Σ g² ‖s_θ − s_ref‖² |Δt|`` for a given reference score,
 the exact law of the Euler chain (hence ∇log p^SDE) when the score is that of a Gaussian.
 
 **High density.** :func:`high_density_sample` follows the λ-family down to a threshold time and then the
-mode-tracking ODE ``dy = [f y − g² ∇log p_t] dt`` (the reverse SDE's drift without its noise).
+high-density ODE ``dy = [f y − g² ∇log p_t] dt`` (the reverse SDE's drift without its noise). It is the exact
+curve of the denoising mode ``argmax p_{s|t}(· | x_t)`` only when ``log p_s`` is quadratic (Gaussian data); in
+general the mode curve has a further term with third derivatives of ``log p_s``, which the paper's practical
+sampler drops (Chapter 5, eq. ch5-mode).
 """
 from __future__ import annotations
 
@@ -222,8 +225,9 @@ def prior_log_prob(x, process, t: float = 1.0) -> torch.Tensor:
 def high_density_sample(score: Callable, process, x1, n_steps: int, t_threshold: float, lam: float = 0.0,
                         t_start: float = 1.0, t_end: float = 1e-3, generator: torch.Generator | None = None):
     r"""The high-density sampler of Karczewski et al. (2025): the λ-family (λ = 0: PF-ODE start, 1: SDE start)
-    from ``t_start`` down to ``t_threshold``, then the mode-tracking ODE ``dy = [f y − g² ∇log p_t] dt``
-    (``reverse.integrate(..., lam=1, noise=0)``) down to ``t_end``.
+    from ``t_start`` down to ``t_threshold``, then the high-density ODE ``dy = [f y − g² ∇log p_t] dt``
+    (``reverse.integrate(..., lam=1, noise=0)``; the exact denoising-mode curve for Gaussian data only, see the
+    module docstring) down to ``t_end``.
 
     Both phases use the nodes of one grid ``linspace(t_start, t_end, n_steps + 1)``; the threshold is
     rounded to the nearest node (``t_threshold = t_end`` is ordinary sampling, ``= t_start`` pure mode

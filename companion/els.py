@@ -228,6 +228,7 @@ class ScoreMachine:
         self._cache: dict = {}
         self._tables: dict = {}
         self._banks: dict = {}
+        self._classes: dict = {}
 
     def __repr__(self) -> str:
         k = "" if self.kind == "is" else f", patch_size={self.patch_size!r}, padding={self.padding!r}"
@@ -325,7 +326,10 @@ class ScoreMachine:
         out = torch.empty(B, V, L, dtype=x.dtype, device=x.device)
         inv2s2 = (0.5 / s**2).reshape(1, B, 1, 1)
         K = data.shape[0]
-        for idx in position_classes(self.kind, self.padding, H, W, k):
+        key = (self.kind, self.padding, H, W, k)
+        if key not in self._classes:
+            self._classes[key] = position_classes(*key)
+        for idx in self._classes[key]:
             idx = idx.to(x.device)
             G, n = idx.shape
             if self.kind == "els" and allowed is None and K * n >= self.bank_min:
@@ -337,7 +341,7 @@ class ScoreMachine:
             # (the query's own ‖q‖² is a constant of each softmax and is dropped)
             qa = torch.cat([qg * (2 * inv2s2), (-inv2s2).expand(G, B, n, 1)], -1).reshape(G, B * n, P + 1)
             m_run = torch.full((G, B * n, 1), -torch.inf, dtype=x.dtype, device=x.device)
-            acc = torch.zeros(G, B * n, V + 1, dtype=x.dtype, device=x.device)   # [Σ w·centre, Σ w]
+            acc = torch.zeros(G, V + 1, B * n, dtype=x.dtype, device=x.device)   # [Σ w·centre, Σ w]ᵀ
             step = max(1, self.chunk_elements // max(1, G * B * n * n))
             for a in range(0, K, step):
                 m = min(step, K - a)
@@ -348,10 +352,15 @@ class ScoreMachine:
                     logit.masked_fill_(~ok, -torch.inf)
                 m_new = torch.maximum(m_run, logit.amax(-1, keepdim=True))
                 safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
-                w = logit.sub_(safe).exp_()
-                acc = torch.baddbmm(acc * torch.exp(m_run - safe), w, vg)          # rescale, then add
+                # clamped where exp would leave its fast path (adds < m·e^-87 relative weight)
+                w = logit.sub_(safe).clamp_min_(-87.0 if x.dtype != torch.float64 else -700.0).exp_()
+                if allowed is not None:
+                    w.masked_fill_(~ok, 0.0)
+                # rescale, then add [centre, 1]ᵀ·wᵀ (a wide output: faster than w·[centre, 1])
+                scale = torch.exp(m_run - safe).transpose(1, 2)
+                acc = torch.baddbmm(acc * scale, vg.transpose(1, 2), w.transpose(1, 2))
                 m_run = m_new
-            est = (acc[..., :V] / acc[..., V:]).reshape(G, B, n, V).permute(1, 3, 0, 2)   # (B, V, G, n)
+            est = (acc[:, :V] / acc[:, V:]).reshape(G, V, B, n).permute(2, 1, 0, 3)       # (B, V, G, n)
             out[:, :, idx] = est
         return out.reshape(B, C, H, W)
 

@@ -28,6 +28,7 @@ from . import data, nets
 from ._checks import as_tensor, check_positive_int
 
 __all__ = ["DIGITS_N", "compare_halves", "sample_sigma_sqrt", "train_blind", "sample", "cosine_similarity", "nearest", "psnr", "psnr_slope",
+           "edge_harmonics",
            "SWEEP_N", "CONFIGS", "RECIPES", "train_recipe", "training_set"]
 
 #: the training-set sizes of the memorisation sweep
@@ -225,7 +226,7 @@ def psnr(estimate, clean, peak: float = 1.0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def psnr_slope(D, clean, sigmas, noise=None):
+def psnr_slope(D, clean, sigmas, noise=None, above_identity: bool = False):
     r"""Output PSNR against input PSNR of a blind denoiser, and the slope of their least-squares line.
 
     For each σ of ``sigmas`` (``(S,)``): input PSNR ``−20 log10 σ``, output PSNR
@@ -233,7 +234,12 @@ def psnr_slope(D, clean, sigmas, noise=None):
     with the same noise ``z`` (``noise``, default standard normal) at every σ. For C^α images the optimal
     slope is α/(α + 1) (Korostelev & Tsybakov 1993; Kadkhodaie et al. 2024, Sec. 3.2).
 
-    Returns ``(psnr_in (S,), psnr_out (S,), slope)`` (slope a float).
+    With ``above_identity=True`` the line is fitted only through the levels where the denoiser beats the
+    identity (output error below the noisy input's own, ``mean (σ z)²``): a slope read where the output
+    is worse than the noisy input says nothing about denoising. The slope is NaN when fewer than two
+    levels are fitted.
+
+    Returns ``(psnr_in (S,), psnr_out (S,), slope, fitted (S,) bool)`` (slope a float).
     """
     clean = as_tensor(clean, "clean")
     sigmas = as_tensor(sigmas, "sigmas").reshape(-1)
@@ -244,9 +250,58 @@ def psnr_slope(D, clean, sigmas, noise=None):
         raise ValueError(f"noise must have the shape of clean {tuple(clean.shape)}, got {tuple(z.shape)}")
     p_in = -20 * torch.log10(sigmas)
     p_out = torch.stack([10 * torch.log10(1 / ((D(clean + s * z) - clean) ** 2).mean()) for s in sigmas])
-    a = torch.stack([p_in, torch.ones_like(p_in)], 1).double()
-    slope = torch.linalg.lstsq(a, p_out.double()[:, None]).solution[0, 0].item()
-    return p_in, p_out, slope
+    p_id = torch.stack([10 * torch.log10(1 / ((s * z) ** 2).mean()) for s in sigmas])
+    fitted = p_out > p_id if above_identity else torch.ones_like(p_in, dtype=torch.bool)
+    if fitted.sum() < 2:
+        return p_in, p_out, float("nan"), fitted
+    a = torch.stack([p_in[fitted], torch.ones_like(p_in[fitted])], 1).double()
+    slope = torch.linalg.lstsq(a, p_out[fitted].double()[:, None]).solution[0, 0].item()
+    return p_in, p_out, slope, fitted
+
+
+def edge_harmonics(vectors, params, size: int = 16, width: float = 1.5, n_max: int = 4):
+    r"""How much of each image-vector lies on a disk's edge, and its angular harmonics there.
+
+    ``vectors`` ``(B, size², K)`` (e.g. Jacobian eigenvectors, columns), ``params`` ``(B, 5)`` the disk of
+    each batch item (:data:`companion.data.DISK_PARAMS`). The *edge ring* is the set of pixels whose
+    centre lies within ``width`` pixels of the circle ``‖p − c‖ = r``; θ is each ring pixel's angle about
+    the centre. On the ring each vector is fitted by least squares with the angular harmonics
+    ``1, cos nθ, sin nθ`` (``n ≤ n_max``), which tests the GAHB claim of Kadkhodaie et al. (2024, Sec. 3.3,
+    Fig. 6): eigenvectors that oscillate *along* the contour.
+
+    Returns ``(edge (B, K), harmonics (B, n_max + 1, K), ring (B,))``: ``edge`` is the fraction of each
+    vector's squared norm on the ring, ``harmonics[:, n]`` the fraction of the ring part's squared norm
+    carried by the fitted order-``n`` harmonic, and ``ring`` the fraction of pixels in the ring (what
+    ``edge`` is for a vector spread evenly over the image).
+    """
+    vectors, params = as_tensor(vectors, "vectors"), as_tensor(params, "params")
+    if params.dim() != 2 or params.shape[1] != 5:
+        raise ValueError(f"params must have shape (B, 5), got {tuple(params.shape)}")
+    if vectors.dim() != 3 or vectors.shape[:2] != (params.shape[0], size * size):
+        raise ValueError(f"vectors must have shape (B, size², K) = ({params.shape[0]}, {size * size}, K), "
+                         f"got {tuple(vectors.shape)}")
+    if not (width > 0 and isinstance(n_max, int) and n_max >= 0):
+        raise ValueError(f"width must be > 0 and n_max an int >= 0, got {width!r}, {n_max!r}")
+    p = params.double()
+    grid = torch.arange(size, dtype=torch.float64) + 0.5
+    dr = grid[None, :, None] - p[:, 0, None, None]
+    dc = grid[None, None, :] - p[:, 1, None, None]
+    ring = ((dr ** 2 + dc ** 2).sqrt() - p[:, 2, None, None]).abs().flatten(1) <= width  # (B, d)
+    theta = torch.atan2(dr, dc).flatten(1)
+    edge, harm = [], []
+    for b in range(p.shape[0]):
+        t, v = theta[b, ring[b]], vectors[b, ring[b]].double()  # (R,), (R, K)
+        waves = [torch.ones_like(t)[:, None]] + [torch.stack([(n * t).cos(), (n * t).sin()], 1)
+                                                for n in range(1, n_max + 1)]
+        basis = torch.cat(waves, 1)  # (R, 2 n_max + 1)
+        coef = torch.linalg.lstsq(basis, v).solution
+        cols = [0] + [2 * n - 1 for n in range(1, n_max + 1)]
+        parts = [basis[:, c:c + (1 if n == 0 else 2)] @ coef[c:c + (1 if n == 0 else 2)]
+                 for n, c in enumerate(cols)]
+        on_ring = (v ** 2).sum(0)
+        harm.append(torch.stack([(f ** 2).sum(0) for f in parts]) / on_ring.clamp_min(1e-30))
+        edge.append(on_ring / (vectors[b].double() ** 2).sum(0).clamp_min(1e-30))
+    return torch.stack(edge), torch.stack(harm), ring.double().mean(1)
 
 
 def compare_halves(model_a, model_b, train_a, noise, new_images, sigma: float = 0.2) -> dict:
@@ -258,7 +313,8 @@ def compare_halves(model_a, model_b, train_a, noise, new_images, sigma: float = 
     ``sim_ab`` (:func:`cosine_similarity` of the two models' samples), ``sim_train`` (similarity of A's
     sample to its nearest image of ``train_a``), ``sim_new`` (the same for ``new_images``, for reference),
     and ``gap``: A's mean denoising PSNR at noise ``sigma`` on (up to B of) its training images minus that
-    on ``new_images`` (the generalization gap, same noise draws); plus the samples ``xa``, ``xb`` and
+    on ``new_images`` (the generalization gap, same noise draws) and ``gap_se``, its standard error
+    (from the per-image PSNR spreads of the two sets); plus the samples ``xa``, ``xb`` and
     ``nearest`` (the training image of A nearest to each A sample).
     """
     xa, xb = sample(model_a, noise), sample(model_b, noise)
@@ -267,8 +323,10 @@ def compare_halves(model_a, model_b, train_a, noise, new_images, sigma: float = 
     seen = train_a[:noise.shape[0]]
     z = torch.randn(new_images.shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        p_seen = psnr(model_a(seen + sigma * z[:len(seen)]), seen).mean()
-        p_new = psnr(model_a(new_images + sigma * z), new_images).mean()
+        p_seen = psnr(model_a(seen + sigma * z[:len(seen)]), seen)
+        p_new = psnr(model_a(new_images + sigma * z), new_images)
+    var = p_new.var() / len(p_new) + (p_seen.var() / len(p_seen) if len(p_seen) > 1 else 0.0)
     return {"sim_ab": cosine_similarity(xa, xb).median().item(), "sim_train": sim_train.median().item(),
-            "sim_new": sim_new.median().item(), "gap": (p_seen - p_new).item(),
+            "sim_new": sim_new.median().item(), "gap": (p_seen.mean() - p_new.mean()).item(),
+            "gap_se": var.sqrt().item(),
             "xa": xa, "xb": xb, "nearest": train_a[idx]}

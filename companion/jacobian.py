@@ -10,8 +10,8 @@ A denoiser ``D`` maps a noisy image ``y`` (``d`` pixels) to ``D(y)``; its Jacobi
 * For a *bias-free* network (no additive constants, ReLU), ``D`` is positively homogeneous and
   piecewise linear, so ``D(y) = J(y) y`` (Mohan et al. 2020): :func:`homogeneity_error` measures it.
 * :func:`eigen` diagonalises the symmetric part ``(J + Jᵀ)/2`` (``torch.linalg.eigh``) and reports
-  how far ``J`` is from symmetric, ``‖J − Jᵀ‖_F / ‖J‖_F``: the ideal denoiser's Jacobian is exactly
-  symmetric, a trained network's nearly so.
+  the relative size of the antisymmetric part it drops, ``‖(J − Jᵀ)/2‖_F / ‖J‖_F``: the ideal
+  denoiser's Jacobian is exactly symmetric (0), the paper's trained networks nearly so.
 * :func:`effective_dimension` is the trace ``Σ_k λ_k`` — the sum of the shrinkage factors, i.e. the
   dimension of the subspace the denoiser keeps when the λ_k are 0 or 1.
 * :func:`ideal_jacobian` is the exact ``J*(y) = Cov[x | y] / σ²`` of the ideal denoiser
@@ -113,7 +113,7 @@ def homogeneity_error(D: Callable, y, J=None, sigma=None) -> torch.Tensor:
 class Eigen(NamedTuple):
     """What :func:`eigen` returns: eigenvalues ``(B, d)`` in decreasing order, eigenvectors ``(B, d, d)``
     (column ``k`` of ``vectors[b]`` goes with ``values[b, k]``) and the ``asymmetry`` ``(B,)``
-    ``‖J − Jᵀ‖_F / ‖J‖_F``."""
+    ``‖A‖_F / ‖J‖_F`` of the antisymmetric part ``A = (J − Jᵀ)/2`` (in [0, 1]; ``‖J‖² = ‖S‖² + ‖A‖²``)."""
 
     values: torch.Tensor
     vectors: torch.Tensor
@@ -132,13 +132,13 @@ def eigen(J) -> Eigen:
 
     ``S = V diag(λ) Vᵀ`` with orthonormal ``V`` (``torch.linalg.eigh``, sorted so that λ decreases), so
     that near ``y`` the denoiser acts as a shrinkage ``D(y) ≈ Σ_k λ_k ⟨y, v_k⟩ v_k`` in the adaptive basis
-    ``v_k`` (Kadkhodaie et al. 2024, Eq. 5). The antisymmetric part is dropped; its relative size is
-    returned as ``asymmetry``.
+    ``v_k`` (Kadkhodaie et al. 2024, Eq. 5). The antisymmetric part ``A = (J − Jᵀ)/2`` is dropped; its
+    relative size ``‖A‖_F / ‖J‖_F`` is returned as ``asymmetry``.
     """
     J = _check_square(J)
     S = 0.5 * (J + J.transpose(1, 2))
     values, vectors = torch.linalg.eigh(S)
-    asym = (J - J.transpose(1, 2)).flatten(1).norm(dim=1) / J.flatten(1).norm(dim=1).clamp_min(1e-30)
+    asym = 0.5 * (J - J.transpose(1, 2)).flatten(1).norm(dim=1) / J.flatten(1).norm(dim=1).clamp_min(1e-30)
     return Eigen(values.flip(-1), vectors.flip(-1), asym)
 
 

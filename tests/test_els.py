@@ -400,3 +400,30 @@ def test_bank_arguments():
         els.equivariant_local(data, 3, tol=-1.0)
     with pytest.raises(ValueError, match="bank_min"):
         els.equivariant_local(data, 3, bank_min=0)
+
+
+def test_benchmark_baseline_is_the_plain_machine():
+    # benchmarks/els_speed.py times the machine against a batched evaluation written from the paper's
+    # equations; it must compute the same posterior means (else its speed-ups compare different things)
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "els_speed.py"
+    spec = importlib.util.spec_from_file_location("els_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = _digits_like(60, seed=5)
+    x = data[:3] + 0.4 * torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    for k, sigma, tile in [(3, 0.4, 2**20), (5, 0.05, 500)]:                # one tile; many small tiles
+        want = els.equivariant_local(data, k, bank_min=float("inf"))(x, sigma)
+        torch.testing.assert_close(bench.batched_els(x, data, sigma, k, tile), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind,k", [("is", None), ("ls", 3), ("els", 3)])
+def test_streamed_machine_exact_at_low_noise(tiny, kind, k):
+    # at σ = 0.03 almost every log-weight lies hundreds below the best one; the streamed machine clamps
+    # logits only where exp leaves its fast path (−700 in float64), which must not move the result
+    data, x = tiny
+    x = data[:2] + 0.03 * torch.randn(2, 2, 5, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    got = els.ScoreMachine(data, kind, k, bank_min=float("inf"))(x, 0.03)
+    torch.testing.assert_close(got, brute_force(x, data, 0.03, kind, k), rtol=0, atol=1e-13)

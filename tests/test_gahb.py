@@ -254,14 +254,53 @@ def test_every_gahb_recipe_is_registered_and_shipped():
 def test_psnr_slope_of_known_denoisers():
     clean = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     sigmas = torch.tensor([0.3, 0.1, 0.03])
-    p_in, p_out, slope = gahb.psnr_slope(lambda y: y, clean, sigmas)  # identity: output = input noise
-    assert slope == pytest.approx(1.0, abs=0.05) and p_in[1].item() == pytest.approx(20.0)
-    _, _, slope = gahb.psnr_slope(lambda y: 0.5 * clean + 0.5 * y, clean, sigmas)  # MSE = σ²/4: slope 1
+    p_in, p_out, slope, fitted = gahb.psnr_slope(lambda y: y, clean, sigmas)  # identity: output = input
+    assert slope == pytest.approx(1.0, abs=0.05) and p_in[1].item() == pytest.approx(20.0) and fitted.all()
+    _, _, slope, _ = gahb.psnr_slope(lambda y: 0.5 * clean + 0.5 * y, clean, sigmas)  # MSE = σ²/4: slope 1
     assert slope == pytest.approx(1.0, abs=0.05)
-    _, p_out, slope = gahb.psnr_slope(lambda y: clean + 0.01, clean, sigmas)  # constant error: slope 0
+    _, p_out, slope, _ = gahb.psnr_slope(lambda y: clean + 0.01, clean, sigmas)  # constant error: slope 0
     assert slope == pytest.approx(0.0, abs=1e-6) and p_out[0].item() == pytest.approx(40.0, abs=1e-3)
     with pytest.raises(ValueError, match="sigmas"):
         gahb.psnr_slope(lambda y: y, clean, torch.tensor([0.1]))
+
+
+def test_psnr_slope_fits_only_where_the_denoiser_beats_the_identity():
+    clean = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    sigmas = torch.tensor([0.3, 0.1, 0.03, 0.01, 0.003])
+    # half the noise plus a constant error 0.01 (40 dB): better than the identity only while σ > ~0.012
+    D = lambda y: 0.5 * (y - clean) + clean + 0.01  # noqa: E731
+    p_in, p_out, all_slope, _ = gahb.psnr_slope(D, clean, sigmas)
+    _, _, slope, fitted = gahb.psnr_slope(D, clean, sigmas, above_identity=True)
+    assert fitted.tolist() == [True, True, True, False, False] and (p_out[~fitted] < p_in[~fitted]).all()
+    assert slope > 0.8 and all_slope < 0.7  # the crossing bends the all-level fit
+    worse = lambda y: clean + 1.1 * (y - clean)  # noqa: E731  (amplifies the noise)
+    _, _, slope, fitted = gahb.psnr_slope(worse, clean, sigmas, above_identity=True)
+    assert not fitted.any() and math.isnan(slope)
+
+
+def _ring_vector(params, n, size=16):
+    """cos(n θ) on the pixels within 1.5 px of each disk's edge, 0 elsewhere: (B, size², 1)."""
+    grid = torch.arange(size, dtype=torch.float64) + 0.5
+    dr, dc = grid[None, :, None] - params[:, 0, None, None], grid[None, None, :] - params[:, 1, None, None]
+    on = ((dr ** 2 + dc ** 2).sqrt() - params[:, 2, None, None]).abs() <= 1.5
+    return (torch.cos(n * torch.atan2(dr, dc)) * on).flatten(1)[:, :, None]
+
+
+def test_edge_harmonics_finds_the_order_of_a_ring_wave():
+    params = data.disk_params(3, 16, torch.Generator().manual_seed(0))
+    for n in (0, 2, 3):
+        edge, harm, ring = gahb.edge_harmonics(_ring_vector(params, n), params)
+        torch.testing.assert_close(edge, torch.ones_like(edge))
+        assert harm[:, n, 0].min() > 0.999 and harm[:, :, 0].sum(1).max() < 1.001
+        assert ((ring > 0) & (ring < 0.5)).all()
+    inside = (data.disk_images(params, 16) > data.disk_images(params, 16).mean()).double()
+    off_ring = (1 - _ring_vector(params, 0).abs().reshape(3, 1, 16, 16)) * torch.rand(3, 1, 16, 16)
+    edge, _, _ = gahb.edge_harmonics(off_ring.flatten(1)[:, :, None], params)
+    assert edge.max() < 1e-12 and inside.sum() > 0
+    with pytest.raises(ValueError, match="vectors"):
+        gahb.edge_harmonics(torch.zeros(3, 64, 1), params)
+    with pytest.raises(ValueError, match="params"):
+        gahb.edge_harmonics(torch.zeros(3, 256, 1), params[:, :4])
 
 
 def test_compare_halves_of_a_memorising_pair():
@@ -273,6 +312,7 @@ def test_compare_halves_of_a_memorising_pair():
     r = gahb.compare_halves(D, D, train, noise, new)
     assert r["sim_ab"] == pytest.approx(1.0) and r["sim_train"] == pytest.approx(1.0)
     assert r["sim_new"] < 0.999 and r["gap"] > 3.0  # memorisation: better on its own images
+    assert 0 < r["gap_se"] < r["gap"] / 3
     torch.testing.assert_close(r["nearest"], r["xa"])
 
 

@@ -85,11 +85,12 @@ def test_eigen_reconstructs_the_symmetric_part_and_measures_asymmetry():
     recon = e.vectors @ torch.diag_embed(e.values) @ e.vectors.transpose(1, 2)
     torch.testing.assert_close(recon, S)
     assert e.asymmetry.max() < 1e-14
-    K = A - A.transpose(1, 2)  # antisymmetric: J = S + K has ‖J − Jᵀ‖ = 2‖K‖, ‖J‖² = ‖S‖² + ‖K‖²
+    K = A - A.transpose(1, 2)  # antisymmetric: J = S + K has (J − Jᵀ)/2 = K, ‖J‖² = ‖S‖² + ‖K‖²
     e2 = jac.eigen(S + K)
-    expected = 2 * K.flatten(1).norm(dim=1) / (S.flatten(1).norm(dim=1) ** 2 + K.flatten(1).norm(dim=1) ** 2).sqrt()
+    expected = K.flatten(1).norm(dim=1) / (S.flatten(1).norm(dim=1) ** 2 + K.flatten(1).norm(dim=1) ** 2).sqrt()
     torch.testing.assert_close(e2.asymmetry, expected)
     torch.testing.assert_close(e2.values, e.values)
+    assert jac.eigen(K).asymmetry.min() == pytest.approx(1.0)  # purely antisymmetric: all of J dropped
 
 
 def test_effective_dimension_of_a_projection():

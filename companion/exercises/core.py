@@ -160,19 +160,12 @@ def _source_uses(student: Callable, patterns: Sequence[str]) -> str:
     return ""
 
 
-def _which_mistake(mistakes, args, kwargs, got, rtol, atol) -> str:
-    """``"Likely cause: <words>."`` for the first of ``mistakes`` whose output on this case equals ``got``."""
-    def clone(v):
-        return v.clone() if isinstance(v, torch.Tensor) else v
-
-    for words, wrong in (mistakes or {}).items():
-        try:
-            out = _as_tuple(wrong(*[clone(a) for a in args], **{k: clone(v) for k, v in kwargs.items()}))
-            if len(out) == len(got) and all(_close(torch.as_tensor(g).double().cpu(), torch.as_tensor(o).double()
-                                                   .cpu(), rtol, atol) for o, g in zip(out, got)):
-                return f"Likely cause: {words}."
-        except Exception:  # a mistake that cannot run on this case (or an odd output) explains nothing
-            continue
+def _named_mistake(mistakes, args, kwargs, j, got, rtol, atol) -> str:
+    """The hint of the first ``(hint, wrong_reference)`` whose output ``j`` matches ``got``, or ``""``."""
+    for hint, wrong in mistakes:
+        out = _as_tuple(wrong(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args], **kwargs))
+        if j < len(out) and _close(got, out[j].to(got.dtype), rtol, atol):
+            return f"Likely cause: {hint}"
     return ""
 
 
@@ -186,7 +179,7 @@ def compare(
     quiet: bool = False,
     forbid: Sequence[tuple[object, str]] = (),
     forbid_source: Sequence[str] = (),
-    mistakes: dict[str, Callable] | None = None,
+    mistakes: Sequence[tuple[str, Callable]] = (),
 ) -> Verdict:
     """Call ``student`` and ``reference`` on every ``(args, kwargs)`` case and compare the outputs.
 
@@ -195,8 +188,8 @@ def compare(
     place cannot affect the reference. ``forbid`` lists ``(owner, attribute)`` pairs (e.g.
     ``(companion.els, "local_weights")``) that the answer must not call, ``forbid_source`` regexes its
     source must not contain (e.g. an import of the reference): the exercise is to write them.
-    ``mistakes`` maps a typical mistake, in plain words, to a function with the reference's signature
-    that makes it: when the answer's output matches one of them, the message names that mistake.
+    ``mistakes`` lists an exercise's own typical slips as ``(hint, wrong_reference)`` pairs, the wrong
+    function taking the reference's arguments: a wrong output that matches its output is reported with the hint.
     Prints ``✓``/``✗`` with a message naming the likely mistake (:func:`diagnose`) and returns a
     :class:`Verdict`.
     """
@@ -254,8 +247,8 @@ def compare(
             err = (g - e).abs()
             if not torch.allclose(g, e, rtol=rtol, atol=atol):
                 k = int(torch.argmax(err.reshape(-1) - rtol * e.abs().reshape(-1)))
-                hint = _which_mistake(mistakes, args, kwargs, got, rtol, atol) or diagnose(g, e, rtol, atol,
-                                                                                       was_float32)
+                hint = (_named_mistake(mistakes, args, kwargs, j, g, rtol, atol)
+                        or diagnose(g, e, rtol, atol, was_float32))
                 return fail(
                     f"output {j} differs on {where}: at flat index {k} you gave "
                     f"{g.reshape(-1)[k].item():.6g}, expected {e.reshape(-1)[k].item():.6g} "

@@ -57,16 +57,16 @@ def _em(score, process, x1, n_steps, lam, seed, sqrt_dt=True, dt_sign=1.0, at_en
     return x
 
 
-_SAMPLER_MISTAKES = {
-    "the noise of a step is λ g(t) √|Δt| z: yours lacks the √|Δt| (a Brownian increment has variance |Δt|)":
-        lambda *a: _em(*a, sqrt_dt=False),
-    "the drift is multiplied by |Δt| > 0: going from t = 1 back to 0 the time step Δt = t_(k+1) − t_k is "
-    "negative": lambda *a: _em(*a, dt_sign=-1.0),
-    "Euler–Maruyama evaluates the drift and g at the start t_k of each step; yours uses the end t_(k+1)":
-        lambda *a: _em(*a, at_end=True),
-    "the noise is not multiplied by λ (the probability-flow ODE, λ = 0, has no noise)":
-        lambda *a: _em(*a, noise_lam=False),
-}
+_SAMPLER_MISTAKES = [
+    ("the noise of a step is λ g(t) √|Δt| z: yours lacks the √|Δt| (a Brownian increment has variance |Δt|).",
+     lambda *a: _em(*a, sqrt_dt=False)),
+    ("the drift is multiplied by |Δt| > 0: going from t = 1 back to 0 the time step Δt = t_(k+1) − t_k is "
+     "negative.", lambda *a: _em(*a, dt_sign=-1.0)),
+    ("Euler–Maruyama evaluates the drift and g at the start t_k of each step; yours uses the end t_(k+1).",
+     lambda *a: _em(*a, at_end=True)),
+    ("the noise is not multiplied by λ (the probability-flow ODE, λ = 0, has no noise).",
+     lambda *a: _em(*a, noise_lam=False)),
+]
 
 
 def check_reverse_sampler(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) -> Verdict:

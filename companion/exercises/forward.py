@@ -59,18 +59,18 @@ def _mixture_written(x, t, means, stds, weights, beta_min, beta_max, mean_scale=
     return torch.logsumexp(torch.log(weights) - d2 / (2 * var) - log_norm, dim=1)
 
 
-_MIXTURE_MISTAKES = {
-    "the means are not scaled: component j of p_t has mean s(t) μ_j":
-        lambda *a: _mixture_written(*a, mean_scale=False),
-    "only the noise is scaled: the variance is s(t)² (τ_j² + σ(t)²), not τ_j² + s(t)² σ(t)²":
-        lambda *a: _mixture_written(*a, width="tau2+s2sigma2"),
-    "standard deviations added instead of variances: the std is s(t) √(τ_j² + σ(t)²)":
-        lambda *a: _mixture_written(*a, width="s(tau+sigma)"),
-    "the normaliser of a D-dimensional Gaussian is −(D/2) log(2π v_j); yours lacks the factor D":
-        lambda *a: _mixture_written(*a, norm_dim=False),
-    "the weights are missing: log p_t = logsumexp_j (log w_j + log N(x; s μ_j, v_j I))":
-        lambda x, t, m, s, w, *b: _mixture_written(x, t, m, s, torch.ones_like(w), *b),
-}
+_MIXTURE_MISTAKES = [
+    ("the means are not scaled: component j of p_t has mean s(t) μ_j.",
+     lambda *a: _mixture_written(*a, mean_scale=False)),
+    ("only the noise is scaled: the variance is s(t)² (τ_j² + σ(t)²), not τ_j² + s(t)² σ(t)².",
+     lambda *a: _mixture_written(*a, width="tau2+s2sigma2")),
+    ("standard deviations added instead of variances: the std is s(t) √(τ_j² + σ(t)²).",
+     lambda *a: _mixture_written(*a, width="s(tau+sigma)")),
+    ("the normaliser of a D-dimensional Gaussian is −(D/2) log(2π v_j); yours lacks the factor D.",
+     lambda *a: _mixture_written(*a, norm_dim=False)),
+    ("the weights are missing: log p_t = logsumexp_j (log w_j + log N(x; s μ_j, v_j I)).",
+     lambda x, t, m, s, w, *b: _mixture_written(x, t, m, s, torch.ones_like(w), *b)),
+]
 
 
 def check_vp_mixture_log_prob(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) -> Verdict:

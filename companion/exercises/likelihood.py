@@ -66,14 +66,16 @@ def _ode(D, x, sigma_min, sigma_max, steps, div_sign=1.0, div_of_b=True, prior_n
     return prior + div_sign * ell
 
 
-_ODE_MISTAKES = {
-    "the divergence term has the wrong sign: log p_σmin(x) = log p_σmax(x_T) + ∫ ∇·b d log σ":
-        lambda *a: _ode(*a, div_sign=-1.0),
-    "the divergence is that of D, not of the velocity b = x − D: ∇·b = d − tr ∂D/∂x":
-        lambda *a: _ode(*a, div_of_b=False),
-    "the prior lacks its normaliser −(d/2) log(2π σ_max²)": lambda *a: _ode(*a, prior_norm=False),
-    "the prior N(0, σ_max² I) has variance σ_max², not σ_max": lambda *a: _ode(*a, prior_var_sq=False),
-}
+_ODE_MISTAKES = [
+    ("the divergence term has the wrong sign: log p_σmin(x) = log p_σmax(x_T) + ∫ ∇·b d log σ.",
+     lambda *a: _ode(*a, div_sign=-1.0)),
+    ("the divergence is that of D, not of the velocity b = x − D: ∇·b = d − tr ∂D/∂x.",
+     lambda *a: _ode(*a, div_of_b=False)),
+    ("the prior lacks its normaliser −(d/2) log(2π σ_max²).",
+     lambda *a: _ode(*a, prior_norm=False)),
+    ("the prior N(0, σ_max² I) has variance σ_max², not σ_max.",
+     lambda *a: _ode(*a, prior_var_sq=False)),
+]
 
 
 def check_ode_log_likelihood(fn, n_cases: int = 4, seed: int = 0, quiet: bool = False) -> Verdict:

@@ -104,16 +104,16 @@ def _denoiser_written(x, sigma, means, stds, weights, resp_var="tau2+sigma2", sh
     return (r[:, :, None] * post).sum(1)
 
 
-_DENOISER_MISTAKES = {
-    "the responsibilities use the noise variance σ² alone: under p_σ component j has variance τ_j² + σ²":
-        lambda *a: _denoiser_written(*a, resp_var="sigma2"),
-    "the shrinkage is upside down: given component j, E[x0 | x] = μ_j + τ_j²/(τ_j² + σ²) (x − μ_j)":
-        lambda *a: _denoiser_written(*a, shrink="sigma2"),
-    "the responsibilities miss the normaliser −(D/2) log(τ_j² + σ²), which matters when the τ_j differ":
-        lambda *a: _denoiser_written(*a, log_det=False),
-    "the weights are missing from the responsibilities: r_j ∝ w_j N(x; μ_j, (τ_j² + σ²) I)":
-        lambda x, s, m, t, w: _denoiser_written(x, s, m, t, torch.full_like(w, 1 / len(w))),
-}
+_DENOISER_MISTAKES = [
+    ("the responsibilities use the noise variance σ² alone: under p_σ component j has variance τ_j² + σ².",
+     lambda *a: _denoiser_written(*a, resp_var="sigma2")),
+    ("the shrinkage is upside down: given component j, E[x0 | x] = μ_j + τ_j²/(τ_j² + σ²) (x − μ_j).",
+     lambda *a: _denoiser_written(*a, shrink="sigma2")),
+    ("the responsibilities miss the normaliser −(D/2) log(τ_j² + σ²), which matters when the τ_j differ.",
+     lambda *a: _denoiser_written(*a, log_det=False)),
+    ("the weights are missing from the responsibilities: r_j ∝ w_j N(x; μ_j, (τ_j² + σ²) I).",
+     lambda x, s, m, t, w: _denoiser_written(x, s, m, t, torch.full_like(w, 1 / len(w)))),
+]
 
 
 def check_mixture_denoiser(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) -> Verdict:
