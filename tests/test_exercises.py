@@ -92,6 +92,221 @@ def test_ddpm_step_checker_accepts_the_posterior_and_rejects_typical_wrong_answe
         assert not cp.exercises.check_ddpm_step(fn, quiet=True), name
 
 
+# ------------------------------------------ the second coding exercise of Chapters 1–4 (issue 17)
+import math  # noqa: E402
+
+import pytest  # noqa: E402
+
+from companion import likelihood as L  # noqa: E402
+from companion.exercises import fokker, forward, likelihood as lik_ex, score as score_ex  # noqa: E402
+
+
+def mixture_log_prob(x, t, means, stds, weights, beta_min, beta_max, scale_means=True, var_kind="s2(tau2+sig2)",
+                     dim_in_norm=True, use_weights=True, naive=False):
+    """Chapter 1's answer, written as a student would; the keywords make the typical mistakes."""
+    s, sig = vp_coefficients(t, beta_min, beta_max)
+    var = {"s2(tau2+sig2)": s**2 * (stds**2 + sig**2), "tau2+s2sig2": stds**2 + s**2 * sig**2,
+           "s(tau+sig)": (s * (stds + sig)) ** 2}[var_kind]
+    d2 = ((x[:, None] - (s if scale_means else 1.0) * means[None]) ** 2).sum(-1)
+    logw = torch.log(weights) if use_weights else 0.0
+    terms = logw - d2 / (2 * var) - 0.5 * (x.shape[1] if dim_in_norm else 1) * torch.log(2 * math.pi * var)
+    return terms.exp().sum(1).log() if naive else torch.logsumexp(terms, 1)
+
+
+def reverse_sampler(score, process, x1, n_steps, lam, seed, sqrt_dt=True, sign=1.0, at_end=False, lam_noise=True):
+    """Chapter 2's answer (with the student's `_reverse_drift`); the keywords make the typical mistakes."""
+    gen, x = torch.Generator().manual_seed(seed), x1
+    ts = torch.linspace(1.0, 1e-3, n_steps + 1, dtype=torch.float64)
+    for a, b in zip(ts[:-1], ts[1:]):
+        u = b if at_end else a
+        x = x + _reverse_drift(x, u, process, score, lam) * sign * (b - a).item()
+        z = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        x = x + (lam if lam_noise else 1.0) * process.g(u).item() * ((a - b).sqrt().item() if sqrt_dt else 1) * z
+    return x
+
+
+def mixture_denoiser(x, sigma, means, stds, weights, resp_var=True, shrink_tau=True, log_det=True,
+                     use_weights=True, naive=False):
+    """Chapter 3's answer, written out; the keywords make the typical mistakes."""
+    var = stds**2 + sigma**2
+    rvar = var if resp_var else torch.full_like(var, sigma**2)
+    logits = -((x[:, None] - means[None]) ** 2).sum(-1) / (2 * rvar)
+    logits = logits + (torch.log(weights) if use_weights else 0) - (x.shape[1] / 2 * torch.log(rvar) if log_det else 0)
+    r = logits.exp() / logits.exp().sum(1, keepdim=True) if naive else torch.softmax(logits, 1)
+    gain = (stds**2 if shrink_tau else torch.full_like(stds, sigma**2)) / var
+    return (r[:, :, None] * (means[None] + gain[None, :, None] * (x[:, None] - means[None]))).sum(1)
+
+
+def my_divergence(f, x):
+    x = x.detach().requires_grad_(True)
+    y = f(x).flatten(1)
+    total = torch.zeros(x.shape[0], dtype=x.dtype)
+    for i in range(y.shape[1]):
+        (grad,) = torch.autograd.grad(y[:, i].sum(), x, retain_graph=True)
+        total = total + grad.flatten(1)[:, i]
+    return total
+
+
+def ode_log_likelihood(D, x, sigma_min, sigma_max, steps, sign=1.0, div_of_b=True, prior_norm=True, var_sq=True):
+    """Chapter 4's answer (with the student's divergence); the keywords make the typical mistakes."""
+    d = x[0].numel()
+    s = torch.linspace(math.log(sigma_min), math.log(sigma_max), steps + 1, dtype=torch.float64)
+    h, ell = (s[1] - s[0]).item(), torch.zeros(x.shape[0], dtype=x.dtype)
+    for k in range(steps):
+        sigma = math.exp(s[k].item())
+        tr = my_divergence(lambda z: D(z, sigma), x)
+        ell = ell + h * ((d - tr) if div_of_b else tr)
+        x = x + h * (x - D(x, sigma))
+    var = sigma_max**2 if var_sq else sigma_max
+    return sign * ell - 0.5 * (x**2).sum(1) / var - (d / 2 * math.log(2 * math.pi * var) if prior_norm else 0)
+
+
+NEW_CHECKERS = {cp.exercises.check_vp_mixture_log_prob: mixture_log_prob,
+                cp.exercises.check_reverse_sampler: reverse_sampler,
+                cp.exercises.check_mixture_denoiser: mixture_denoiser,
+                cp.exercises.check_ode_log_likelihood: ode_log_likelihood}
+
+
+@pytest.mark.parametrize("checker", NEW_CHECKERS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("seed", [0, 1, 2])  # the public test and the hidden ones of the assignment
+def test_new_checkers_accept_a_written_out_answer(checker, seed):
+    assert checker(NEW_CHECKERS[checker], seed=seed, quiet=True)
+
+
+def test_written_out_references_of_the_mistakes_agree_with_the_companion():
+    """With no mistake switched on, each checker's written-out formula is its (companion) reference, so each
+    named mistake differs from the reference by that one mistake."""
+    g = torch.Generator().manual_seed(5)
+    means, stds = torch.randn(3, 2, generator=g, dtype=torch.float64), torch.rand(3, generator=g, dtype=torch.float64)
+    w, x = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64), 2 * torch.randn(4, 2, generator=g, dtype=torch.float64)
+    t = torch.tensor(0.2, dtype=torch.float64)
+    assert torch.allclose(forward._mixture_written(x, t, means, stds, w, 0.1, 20.0),
+                          forward._mixture_log_prob(x, t, means, stds, w, 0.1, 20.0), rtol=1e-12)
+    assert torch.allclose(score_ex._denoiser_written(x, 0.3, means, stds, w),
+                          score_ex._mixture_denoiser(x, 0.3, means, stds, w), rtol=1e-12)
+    gmm = cp.gmm.GaussianMixture(means, stds, w)
+    for proc, lam in ((cp.sde.VP(), 1.0), (cp.sde.VE(0.01, 10.0), 0.0), (cp.sde.VP(), 0.5)):
+        args = (cp.reverse.mixture_score(gmm, proc), proc, x, 12, lam, 3)
+        assert torch.equal(fokker._em(*args), fokker._sampler_reference(*args))
+    assert torch.allclose(lik_ex._ode(gmm.denoise, x, 0.01, 20.0, 7), lik_ex._ode_reference(gmm.denoise, x, 0.01, 20.0, 7),
+                          rtol=1e-12)
+
+
+NEW_MISTAKES = {  # name: (checker, wrong answer, words the diagnosis must contain)
+    "ch1 means not scaled": (cp.exercises.check_vp_mixture_log_prob,
+                             lambda *a: mixture_log_prob(*a, scale_means=False), "means are not scaled"),
+    "ch1 only the noise scaled": (cp.exercises.check_vp_mixture_log_prob,
+                                  lambda *a: mixture_log_prob(*a, var_kind="tau2+s2sig2"), "only the noise is scaled"),
+    "ch1 stds added": (cp.exercises.check_vp_mixture_log_prob,
+                       lambda *a: mixture_log_prob(*a, var_kind="s(tau+sig)"), "instead of variances"),
+    "ch1 no D in the normaliser": (cp.exercises.check_vp_mixture_log_prob,
+                                   lambda *a: mixture_log_prob(*a, dim_in_norm=False), "lacks the factor D"),
+    "ch1 weights missing": (cp.exercises.check_vp_mixture_log_prob,
+                            lambda *a: mixture_log_prob(*a, use_weights=False), "weights are missing"),
+    "ch1 log(sum(exp))": (cp.exercises.check_vp_mixture_log_prob,
+                          lambda *a: mixture_log_prob(*a, naive=True), "logsumexp"),
+    "ch1 float32": (cp.exercises.check_vp_mixture_log_prob,
+                    lambda x, t, *a: mixture_log_prob(x.float(), t.float(), *[v.float() if torch.is_tensor(v) else v
+                                                                               for v in a]), "float32"),
+    "ch2 no sqrt(dt)": (cp.exercises.check_reverse_sampler, lambda *a: reverse_sampler(*a, sqrt_dt=False), "√|Δt|"),
+    "ch2 dt > 0": (cp.exercises.check_reverse_sampler, lambda *a: reverse_sampler(*a, sign=-1.0), "negative"),
+    "ch2 end of the step": (cp.exercises.check_reverse_sampler, lambda *a: reverse_sampler(*a, at_end=True),
+                            "start t_k"),
+    "ch2 noise without λ": (cp.exercises.check_reverse_sampler, lambda *a: reverse_sampler(*a, lam_noise=False),
+                            "not multiplied by λ"),
+    "ch3 responsibilities with σ² only": (cp.exercises.check_mixture_denoiser,
+                                          lambda *a: mixture_denoiser(*a, resp_var=False), "noise variance σ² alone"),
+    "ch3 shrinkage upside down": (cp.exercises.check_mixture_denoiser,
+                                  lambda *a: mixture_denoiser(*a, shrink_tau=False), "upside down"),
+    "ch3 no log-det": (cp.exercises.check_mixture_denoiser, lambda *a: mixture_denoiser(*a, log_det=False),
+                       "normaliser"),
+    "ch3 weights missing": (cp.exercises.check_mixture_denoiser, lambda *a: mixture_denoiser(*a, use_weights=False),
+                            "weights are missing"),
+    "ch3 exp by hand": (cp.exercises.check_mixture_denoiser, lambda *a: mixture_denoiser(*a, naive=True), "softmax"),
+    "ch4 sign": (cp.exercises.check_ode_log_likelihood, lambda *a: ode_log_likelihood(*a, sign=-1.0), "wrong sign"),
+    "ch4 divergence of D": (cp.exercises.check_ode_log_likelihood,
+                            lambda *a: ode_log_likelihood(*a, div_of_b=False), "d − tr ∂D/∂x"),
+    "ch4 prior normaliser": (cp.exercises.check_ode_log_likelihood,
+                             lambda *a: ode_log_likelihood(*a, prior_norm=False), "normaliser"),
+    "ch4 prior variance": (cp.exercises.check_ode_log_likelihood, lambda *a: ode_log_likelihood(*a, var_sq=False),
+                           "variance σ_max²"),
+}
+
+
+@pytest.mark.parametrize("mistake", NEW_MISTAKES, ids=str)
+def test_new_checkers_diagnose_the_typical_mistakes(mistake):
+    checker, wrong, words = NEW_MISTAKES[mistake]
+    verdict = checker(wrong, quiet=True)
+    assert not verdict, mistake
+    assert words in verdict.message, verdict.message
+
+
+def _ch1_gmm(x, t, means, stds, weights, a, b):
+    return cp.reverse.mixture_marginal(cp.gmm.GaussianMixture(means, stds, weights), cp.sde.VP(a, b), t).log_prob(x)
+
+
+def _ch2_integrate(score, process, x1, n, lam, seed):
+    return cp.reverse.integrate(score, process, x1, n, lam=lam, generator=torch.Generator().manual_seed(seed))
+
+
+def _ch3_tweedie_with_the_companion_score(x, sigma, means, stds, weights):
+    return x + sigma**2 * cp.gmm.GaussianMixture(means, stds, weights).score(x, sigma)
+
+
+def _ch4_companion(D, x, a, b, n):
+    return L.pf_ode_log_likelihood(D, x, a, b, steps=n, method="euler").log_prob
+
+
+def _ch4_companion_divergence(D, x, a, b, n):
+    return ode_log_likelihood(D, x, a, b, n) * 0 + _ch4_companion(D, x, a, b, n)
+
+
+def _ch4_exact_divergence(f, x):
+    return L.exact_divergence(f, x)
+
+
+def _ch4_quadratic_forms(f, x):
+    from companion.likelihood import jacobian_quadratic_forms as jq  # an alias, made inside: the watch sees it
+    eye = torch.eye(x[0].numel(), dtype=x.dtype).reshape(-1, 1, *x.shape[1:]).expand(-1, *x.shape)
+    return jq(f, x, eye)[0].sum(0)
+
+
+NEW_DELEGATIONS = [(cp.exercises.check_vp_mixture_log_prob, _ch1_gmm),
+                   (cp.exercises.check_reverse_sampler, _ch2_integrate),
+                   (cp.exercises.check_reverse_sampler, cp.reverse.integrate),
+                   (cp.exercises.check_mixture_denoiser, _ch3_tweedie_with_the_companion_score),
+                   (cp.exercises.check_ode_log_likelihood, _ch4_companion),
+                   (cp.exercises.check_ode_log_likelihood, _ch4_companion_divergence),
+                   (cp.exercises.check_divergence, _ch4_exact_divergence),
+                   (cp.exercises.check_divergence, _ch4_quadratic_forms),
+                   (cp.exercises.check_divergence, L.hutchinson_divergence)]
+
+
+@pytest.mark.parametrize("checker,answer", NEW_DELEGATIONS, ids=lambda v: getattr(v, "__name__", ""))
+def test_new_checkers_reject_delegation(checker, answer):
+    verdict = checker(answer, quiet=True)
+    assert not verdict and "companion's own implementation" in verdict.message, verdict.message
+
+
+def test_divergence_checker_accepts_a_full_jacobian_from_torch_func():
+    """Chosen for issue 17: `forbid` covers the companion only; torch's own Jacobian is a fair (costly) answer."""
+    def jac(f, x):
+        J = torch.func.vmap(torch.func.jacrev(lambda v: f(v[None])[0].flatten()))(x)
+        return J.reshape(x.shape[0], x[0].numel(), -1).diagonal(dim1=1, dim2=2).sum(1)
+    assert cp.exercises.check_divergence(jac, quiet=True)
+    assert cp.exercises.check_divergence(my_divergence, quiet=True)
+
+
+def test_mistakes_mechanism_names_only_a_matching_mistake():
+    case = [((torch.arange(3.0, dtype=torch.float64),), {})]
+    ref = lambda x: 3 * x  # noqa: E731
+    slips = [("forgot the 3.", lambda x: x), ("cube instead of triple.", lambda x: x**3)]
+    v = cp.exercises.compare(lambda x: x**3, ref, case, quiet=True, mistakes=slips)
+    assert not v and "Likely cause: cube instead of triple." in v.message and "forgot" not in v.message
+    v = cp.exercises.compare(lambda x: x + 1, ref, case, quiet=True, mistakes=slips)
+    assert not v and "Likely cause" not in v.message
+
+
 # ---------------------------------------------------------------- second coding exercises of Chapters 5-8
 # Each answer below is written as a student would (independently of the checkers' internals); ``slip``
 # switches on one typical mistake, which the checker must reject with its diagnosis.

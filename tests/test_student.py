@@ -126,6 +126,18 @@ def test_no_coding_answer_in_the_chapter_body(md, request):
     assert len(shown) < 2, f"{md.name} shows the answer outside the exercise: {sorted(shown)[:3]}"
 
 
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
+def test_every_solution_region_is_graded(md):
+    """Each solution region is the body of a function that a checker in the same cell grades (issue 17: a top-level
+    region, as Chapter 2 had, is replaced by a print in the student notebook and graded by nothing)."""
+    cells = re.findall(r"^```\{code-cell\}[^\n]*\n(.*?)^```", md.read_text(), flags=re.M | re.S)
+    for cell in (c for c in cells if "# BEGIN SOLUTION" in c):
+        graded = set(re.findall(r"exercises\.check_\w+\(\s*(\w+)", cell))
+        for m in _CODE_SOLUTION.finditer(cell):
+            defs = re.findall(r"^def (\w+)\(", cell[:m.start()], flags=re.M)
+            assert m.group(1) and defs and defs[-1] in graded, f"{md.name}: ungraded region {m.group(2)[:60]!r}"
+
+
 @pytest.mark.site
 def test_student_site_html_has_no_solution():
     """After `make student-site`: no solution line in the built student HTML."""

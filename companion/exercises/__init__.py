@@ -18,8 +18,13 @@ from .density import check_log_density_step_family
 from .els import check_circular_els
 from .gahb import check_mixture_jacobian
 from .projection import check_smoothed_distance
+from .forward import check_vp_mixture_log_prob
+from .fokker import check_reverse_sampler
+from .score import check_mixture_denoiser
+from .likelihood import check_ode_log_likelihood
 
 __all__ = ["Verdict", "compare", "check_vp_coefficients", "check_reverse_drift", "check_gradient_estimation",
            "check_ideal_denoiser", "check_sampler_step", "check_local_weights",
            "check_ddpm_step", "check_divergence", "check_log_density_step", "check_ideal_jacobian"]
 __all__ += ["check_log_density_step_family", "check_circular_els", "check_mixture_jacobian", "check_smoothed_distance"]
+__all__ += ["check_vp_mixture_log_prob", "check_reverse_sampler", "check_mixture_denoiser", "check_ode_log_likelihood"]

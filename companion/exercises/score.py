@@ -1,5 +1,7 @@
-"""Checkers for Chapter 3 (score estimation): the ideal denoiser, one step of the (γ, μ) sampler, the DDPM step."""
+"""Checkers for Chapter 3 (score estimation): the ideal denoiser, one step of the (γ, μ) sampler, the DDPM step,
+the exact denoiser of a Gaussian mixture."""
 from __future__ import annotations
+
 
 import torch
 
@@ -9,7 +11,7 @@ from .. import samplers
 from ..samplers import step
 from .core import Verdict, compare
 
-__all__ = ["check_ideal_denoiser", "check_sampler_step", "check_ddpm_step"]
+__all__ = ["check_ideal_denoiser", "check_sampler_step", "check_ddpm_step", "check_mixture_denoiser"]
 
 
 def _ideal_reference(x, sigma, data):
@@ -83,3 +85,63 @@ def check_ddpm_step(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) ->
              for x, x0_hat, z, sigma, sigma_next in _step_draws(n_cases, seed)]
     return compare(fn, _ddpm_reference, cases, rtol=1e-7, atol=1e-10, name="DDPM posterior step", quiet=quiet,
                    forbid=[(samplers, "step")], forbid_source=[r"\bsamplers\.\w+"])
+
+
+def _mixture_denoiser(x, sigma, means, stds, weights):
+    """The reference: :meth:`GaussianMixture.denoise`."""
+    return GaussianMixture(means, stds, weights).denoise(x, sigma)
+
+
+def _denoiser_written(x, sigma, means, stds, weights, resp_var="tau2+sigma2", shrink="tau2", log_det=True):
+    """``E[x0 | x0 + σ ε = x]`` written out; the keywords make the typical mistakes (all default: the reference)."""
+    var = stds**2 + sigma**2                                                      # (K,)
+    rvar = var if resp_var == "tau2+sigma2" else torch.full_like(var, sigma**2)
+    d2 = ((x[:, None, :] - means[None]) ** 2).sum(-1)                             # (B, K)
+    logits = torch.log(weights) - d2 / (2 * rvar) - (0.5 * x.shape[1] * torch.log(rvar) if log_det else 0)
+    r = torch.softmax(logits, dim=1)                                              # (B, K)
+    gain = (stds**2 if shrink == "tau2" else sigma**2 + 0 * stds) / var           # (K,)
+    post = means[None] + gain[None, :, None] * (x[:, None, :] - means[None])      # (B, K, D)
+    return (r[:, :, None] * post).sum(1)
+
+
+_DENOISER_MISTAKES = [
+    ("the responsibilities use the noise variance σ² alone: under p_σ component j has variance τ_j² + σ².",
+     lambda *a: _denoiser_written(*a, resp_var="sigma2")),
+    ("the shrinkage is upside down: given component j, E[x0 | x] = μ_j + τ_j²/(τ_j² + σ²) (x − μ_j).",
+     lambda *a: _denoiser_written(*a, shrink="sigma2")),
+    ("the responsibilities miss the normaliser −(D/2) log(τ_j² + σ²), which matters when the τ_j differ.",
+     lambda *a: _denoiser_written(*a, log_det=False)),
+    ("the weights are missing from the responsibilities: r_j ∝ w_j N(x; μ_j, (τ_j² + σ²) I).",
+     lambda x, s, m, t, w: _denoiser_written(x, s, m, t, torch.full_like(w, 1 / len(w)))),
+]
+
+
+def check_mixture_denoiser(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) -> Verdict:
+    r"""Check ``fn(x, sigma, means, stds, weights) -> x0_hat``: the exact denoiser of mixture data,
+
+    .. math::  D(x;\sigma) = \sum_j r_j(x)\Big(\mu_j + \frac{\tau_j^2}{\tau_j^2 + \sigma^2}(x - \mu_j)\Big),\qquad
+               r_j(x) \propto w_j\,\mathcal N(x; \mu_j, (\tau_j^2 + \sigma^2) I)
+
+    for :math:`x_0 \sim \sum_j w_j \mathcal N(\mu_j, \tau_j^2 I)` and :math:`x = x_0 + \sigma\varepsilon`
+    (Chapter 3, §3.2–3.3; :meth:`companion.gmm.GaussianMixture.denoise`). ``x``: ``(B, D)``; ``sigma``: a
+    positive float; ``means``: ``(K, D)``; ``stds`` (τ_j) and ``weights``: ``(K,)``; all float64. The last
+    case has narrow components and σ = 1e-3, where normalising ``exp`` by hand gives 0/0 (use
+    ``torch.softmax``). Typical mistakes are named; the companion's mixtures and denoisers must not be used.
+    """
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(n_cases):
+        K, D, B = 2 + i % 3, 1 + (i + 1) % 3, 4 + i
+        last = i == n_cases - 1
+        sigma = 1e-3 if last else [0.5, 2.0, 0.1, 1.0, 5.0][i % 5]
+        means = 3 * torch.randn(K, D, generator=g, dtype=torch.float64)
+        stds = (0.005 if last else 0.2) + torch.rand(K, generator=g, dtype=torch.float64) * (0.005 if last else 1.0)
+        weights = torch.softmax(torch.randn(K, generator=g, dtype=torch.float64), 0)
+        x = means[torch.randint(0, K, (B,), generator=g)] + torch.randn(B, D, generator=g, dtype=torch.float64)
+        cases.append(((x, sigma, means, stds, weights), {}))
+    return compare(fn, _mixture_denoiser, cases, rtol=1e-7, atol=1e-9, name="mixture denoiser", quiet=quiet,
+                   forbid=[(GaussianMixture, "denoise"), (GaussianMixture, "score"),
+                           (GaussianMixture, "responsibilities"), (GaussianMixture, "log_prob"),
+                           (IdealDenoiser, "__call__")],
+                   forbid_source=[r"\bgmm\.", r"\bGaussianMixture\b", r"\bIdealDenoiser\b", r"\.denoise\(",
+                                  r"\bmixture_score\b"], mistakes=_DENOISER_MISTAKES)
