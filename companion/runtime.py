@@ -19,7 +19,8 @@ import torch
 
 PROFILES = ("quick", "full", "smoke")
 
-__all__ = ["PROFILES", "device", "seed", "profile", "choose", "cache_dir", "in_colab", "describe", "format_config", "glue"]
+__all__ = ["PROFILES", "device", "seed", "profile", "choose", "cache_dir", "in_colab", "describe", "format_config", "glue",
+           "full_profile", "full_profile_line"]
 
 
 def device() -> torch.device:
@@ -62,7 +63,7 @@ def profile() -> str:
     return "full" if torch.cuda.is_available() else "quick"
 
 
-def choose(quick, full, smoke=None):
+def choose(quick, full, smoke=None, opt_in=None):
     """Return ``quick`` or ``full`` according to :func:`profile`, or the full table at smoke size.
 
     Example: ``cfg = choose(quick=dict(n=1797, steps=2000), full=dict(n=60000, steps=200000),
@@ -70,7 +71,19 @@ def choose(quick, full, smoke=None):
     result is ``full`` updated with ``smoke`` (a dict of reduced sizes; ``quick`` when omitted),
     so the full branch runs end to end at a size a CPU finishes in seconds. For tables that are
     not dicts, ``smoke`` (or ``quick``) itself is returned.
+
+    ``opt_in`` (a sentence stating the full profile's time, e.g. :func:`full_profile_line`) makes a
+    chapter's full profile opt-in: when ``full`` is only the default (CUDA present,
+    ``COMPANION_PROFILE`` unset), the sentence is printed and the chapter runs the quick profile
+    (``COMPANION_PROFILE`` is set to ``quick`` for the rest of this process, so that every later
+    :func:`profile` agrees). ``COMPANION_PROFILE=full`` runs the full profile.
     """
+    if opt_in is not None and not isinstance(opt_in, str):
+        raise TypeError(f"opt_in must be None or a str stating the time, got {type(opt_in).__name__}")
+    if opt_in is not None and not os.environ.get("COMPANION_PROFILE", "").strip() and profile() == "full":
+        print(f"The full profile of this chapter is opt-in: {opt_in}\nRunning the quick profile; "
+              f"set COMPANION_PROFILE=full before the setup cell to run the full one.")
+        os.environ["COMPANION_PROFILE"] = "quick"
     active = profile()
     if active != "smoke":
         return full if active == "full" else quick
@@ -128,3 +141,32 @@ def glue(name: str, value, display: bool = False):
     except ImportError:
         return
     _glue(name, value, display=display)
+
+
+def full_profile() -> dict:
+    """The measured or estimated cost of every chapter's full profile, ``{chapter: row}``.
+
+    Read from ``companion/results/full_profile.json``, written by ``benchmarks/full_profile.py``:
+    per chapter, the peak memory (``peak_gb``; ``memory`` says whether measured), the CPU time
+    (``cpu_s``; measured, or extrapolated as ``cpu_how`` says) and the T4 time (``t4_s``; ``t4_how``
+    says how it was obtained: for training, an ESTIMATE from FLOPs and an assumed throughput).
+    An empty dict when the file is absent.
+    """
+    import json
+
+    path = Path(__file__).resolve().parent / "results" / "full_profile.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def full_profile_line(chapter: str) -> str:
+    """One sentence on ``chapter``'s full profile (see :func:`full_profile`), for its profile cell."""
+    if not isinstance(chapter, str):
+        raise TypeError(f"chapter must be a str such as '06_creativity_els', got {type(chapter).__name__}")
+    row = full_profile().get(chapter)
+    if row is None:
+        return f"full profile of {chapter}: not measured (run benchmarks/full_profile.py)"
+    mem = (f"peak memory {row['peak_gb']:.1f} GB ({row['memory'].split(' ')[0]})"
+           if "peak_gb" in row else f"peak memory {row['memory']}")
+    cpu = f"{'>' if row['kind'] == 'notebook' and not row['finished'] else '≈'} {row['cpu_s'] / 60:.0f} min"
+    t4 = f"; on a T4 ≈ {row['t4_s'] / 60:.0f} min ({row['t4_how']})" if "t4_s" in row else ""
+    return f"full profile: {mem}; CPU {cpu}{t4}"
