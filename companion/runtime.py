@@ -20,7 +20,7 @@ import torch
 PROFILES = ("quick", "full", "smoke")
 
 __all__ = ["PROFILES", "device", "seed", "profile", "choose", "cache_dir", "in_colab", "describe", "format_config", "glue",
-           "full_profile", "full_profile_line"]
+           "full_profile", "full_profile_line", "full_profile_table"]
 
 
 def device() -> torch.device:
@@ -81,8 +81,11 @@ def choose(quick, full, smoke=None, opt_in=None):
     if opt_in is not None and not isinstance(opt_in, str):
         raise TypeError(f"opt_in must be None or a str stating the time, got {type(opt_in).__name__}")
     if opt_in is not None and not os.environ.get("COMPANION_PROFILE", "").strip() and profile() == "full":
-        print(f"The full profile of this chapter is opt-in: {opt_in}\nRunning the quick profile; "
-              f"set COMPANION_PROFILE=full before the setup cell to run the full one.")
+        import textwrap
+
+        print(f"The full profile of this chapter is opt-in:\n{opt_in}\n" + textwrap.fill(
+            "Running the quick profile; set COMPANION_PROFILE=full before the setup cell to run "
+            "the full one.", 86))
         os.environ["COMPANION_PROFILE"] = "quick"
     active = profile()
     if active != "smoke":
@@ -158,15 +161,45 @@ def full_profile() -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _cost(row: dict) -> tuple[str, str, str]:
+    """(peak memory, CPU time, T4 time) of a row of :func:`full_profile`, as short text."""
+    low = "≥ " if row["kind"] == "notebook" and not row["finished"] else ""
+    est = "" if row["kind"] == "notebook" else "est. "
+    return f"{low}{row['peak_gb']:.1f} GB", f"{low}{_duration(row['cpu_s'])}", f"{low}{est}{_duration(row['t4_s'])}"
+
+
 def full_profile_line(chapter: str) -> str:
-    """One sentence on ``chapter``'s full profile (see :func:`full_profile`), for its profile cell."""
+    """One sentence on ``chapter``'s full profile (see :func:`full_profile`), for its profile cell
+    (wrapped at 86 characters, the book's column)."""
     if not isinstance(chapter, str):
         raise TypeError(f"chapter must be a str such as '06_creativity_els', got {type(chapter).__name__}")
     row = full_profile().get(chapter)
     if row is None:
         return f"full profile of {chapter}: not measured (run benchmarks/full_profile.py)"
-    mem = (f"peak memory {row['peak_gb']:.1f} GB ({row['memory'].split(' ')[0]})"
-           if "peak_gb" in row else f"peak memory {row['memory']}")
-    cpu = f"{'>' if row['kind'] == 'notebook' and not row['finished'] else '≈'} {row['cpu_s'] / 60:.0f} min"
-    t4 = f"; on a T4 ≈ {row['t4_s'] / 60:.0f} min ({row['t4_how']})" if "t4_s" in row else ""
-    return f"full profile: {mem}; CPU {cpu}{t4}"
+    mem, cpu, t4 = _cost(row)
+    how = "measured" if row["kind"] == "notebook" else "extrapolated from smaller batches"
+    import textwrap
+
+    return textwrap.fill(f"full profile: peak memory {mem} ({how}); one CPU core {cpu}; T4 {t4} "
+                         f"({row['t4_how']})", 86)
+
+
+def full_profile_table(width: int = 86) -> str:
+    """:func:`full_profile` as a printed table, one chapter a row, with its notes; lines ≤ ``width``."""
+    import textwrap
+
+    lines, notes = [f"{'chapter':24} {'peak memory':>12} {'one CPU core':>14} {'T4':>12}  note"], []
+    for chapter, row in sorted(full_profile().items()):
+        if row["t4_how"] not in notes:
+            notes.append(row["t4_how"])
+        mem, cpu, t4 = _cost(row)
+        lines.append(f"{chapter:24} {mem:>12} {cpu:>14} {t4:>12}  [{notes.index(row['t4_how']) + 1}]")
+    for i, note in enumerate(notes, 1):
+        lines += textwrap.wrap(f"[{i}] {note}", width, subsequent_indent="    ")
+    return "\n".join(lines)

@@ -113,9 +113,14 @@ def test_full_profile_line_reads_the_benchmark_table():
     assert set(table) == {p.stem for p in book.glob("[0-9][0-9]_*.md")}   # every chapter
     for chapter, row in table.items():
         line = cp.runtime.full_profile_line(chapter)
-        assert line.startswith("full profile:") and "min" in line, line
+        assert line.startswith("full profile:") and row["t4_how"].split()[-1] in line, line
+        assert all(len(part) <= 86 for part in line.splitlines())
         if "peak_gb" in row:
             assert f"{row['peak_gb']:.1f} GB" in line
+    table = cp.runtime.full_profile_table().splitlines()
+    assert all(len(line) <= 86 for line in table) and len(table) > len(cp.runtime.full_profile())
+    assert [line.split()[0] for line in table[1:1 + len(cp.runtime.full_profile())]] == sorted(
+        cp.runtime.full_profile())
     assert "not measured" in cp.runtime.full_profile_line("99_nope")
     with pytest.raises(TypeError, match="chapter"):
         cp.runtime.full_profile_line(6)
