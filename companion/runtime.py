@@ -8,10 +8,12 @@ full branch can rot unexecuted. Set ``COMPANION_PROFILE=quick|full|smoke`` to ov
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +83,6 @@ def choose(quick, full, smoke=None, opt_in=None):
     if opt_in is not None and not isinstance(opt_in, str):
         raise TypeError(f"opt_in must be None or a str stating the time, got {type(opt_in).__name__}")
     if opt_in is not None and not os.environ.get("COMPANION_PROFILE", "").strip() and profile() == "full":
-        import textwrap
-
         print(f"The full profile of this chapter is opt-in:\n{opt_in}\n" + textwrap.fill(
             "Running the quick profile; set COMPANION_PROFILE=full before the setup cell to run "
             "the full one.", 86))
@@ -155,8 +155,6 @@ def full_profile() -> dict:
     says how it was obtained: for training, an ESTIMATE from FLOPs and an assumed throughput).
     An empty dict when the file is absent.
     """
-    import json
-
     path = Path(__file__).resolve().parent / "results" / "full_profile.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -184,16 +182,12 @@ def full_profile_line(chapter: str) -> str:
         return f"full profile of {chapter}: not measured (run benchmarks/full_profile.py)"
     mem, cpu, t4 = _cost(row)
     how = "measured" if row["kind"] == "notebook" else "extrapolated from smaller batches"
-    import textwrap
-
     return textwrap.fill(f"full profile: peak memory {mem} ({how}); one CPU core {cpu}; T4 {t4} "
                          f"({row['t4_how']})", 86)
 
 
 def full_profile_table(width: int = 86) -> str:
     """:func:`full_profile` as a printed table, one chapter a row, with its notes; lines ≤ ``width``."""
-    import textwrap
-
     lines, notes = [f"{'chapter':24} {'peak memory':>12} {'one CPU core':>14} {'T4':>12}  note"], []
     for chapter, row in sorted(full_profile().items()):
         if row["t4_how"] not in notes:
