@@ -71,7 +71,7 @@ def run_notebook(chapter: str, budget: int) -> dict:
     bounds ("at least"), measured up to that point."""
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellTimeoutError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     nb = nbformat.read(ROOT / "book" / f"{chapter}.ipynb", as_version=4)
     os.environ.update(COMPANION_PROFILE="full", TQDM_DISABLE="1", MPLBACKEND="Agg", OMP_NUM_THREADS="1",
@@ -88,6 +88,9 @@ def run_notebook(chapter: str, budget: int) -> dict:
                     client.timeout = max(1, int(deadline - time.time()))
                     client.execute_cell(cell, index)
             except CellTimeoutError:
+                finished = False
+            except CellExecutionError as exc:   # a full branch that fails: say so, go on
+                row["error"] = f"cell {index}: {str(exc).strip().splitlines()[-1][:200]}"
                 finished = False
             seconds, peak = _cpu_s(pid), _peak_rss_gb(pid)
     bound = "" if finished else "at least (stopped by the time limit) "

@@ -182,18 +182,20 @@ def full_profile_line(chapter: str) -> str:
         return f"full profile of {chapter}: not measured (run benchmarks/full_profile.py)"
     mem, cpu, t4 = _cost(row)
     how = "measured" if row["kind"] == "notebook" else "extrapolated from smaller batches"
+    failed = f"; FAILED at {row['error']}" if "error" in row else ""
     return textwrap.fill(f"full profile: peak memory {mem} ({how}); one CPU core {cpu}; T4 {t4} "
-                         f"({row['t4_how']})", 86)
+                         f"({row['t4_how']}){failed}", 86)
 
 
 def full_profile_table(width: int = 86) -> str:
     """:func:`full_profile` as a printed table, one chapter a row, with its notes; lines ≤ ``width``."""
     lines, notes = [f"{'chapter':24} {'peak memory':>12} {'one CPU core':>14} {'T4':>12}  note"], []
     for chapter, row in sorted(full_profile().items()):
-        if row["t4_how"] not in notes:
-            notes.append(row["t4_how"])
+        note = f"FAILED at {row['error']}" if "error" in row else row["t4_how"]
+        if note not in notes:
+            notes.append(note)
         mem, cpu, t4 = _cost(row)
-        lines.append(f"{chapter:24} {mem:>12} {cpu:>14} {t4:>12}  [{notes.index(row['t4_how']) + 1}]")
+        lines.append(f"{chapter:24} {mem:>12} {cpu:>14} {t4:>12}  [{notes.index(note) + 1}]")
     for i, note in enumerate(notes, 1):
         lines += textwrap.wrap(f"[{i}] {note}", width, subsequent_indent="    ")
     return "\n".join(lines)
