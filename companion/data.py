@@ -78,6 +78,9 @@ def digits():
 def image_set(name: str, n: int | None = None, size: int = 32, train: bool = True, root=None):
     """A full-scale image set through torchvision (``full`` profile only: it downloads on first use).
 
+    MNIST and Fashion-MNIST are read from torchvision's raw idx files under ``root`` (so a copy made
+    elsewhere needs no torchvision); torchvision downloads them, and CIFAR-10, when they are absent.
+
     Args:
         name: one of ``IMAGE_SETS`` (``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``).
         n: keep the first ``n`` images (all when ``None``).
@@ -97,29 +100,23 @@ def image_set(name: str, n: int | None = None, size: int = 32, train: bool = Tru
     if n is not None:
         check_positive_int(n, "n")
     check_positive_int(size, "size")
-    try:
-        import torchvision
-    except ImportError as exc:
-        raise ImportError(
-            f"image_set({name!r}) needs torchvision and a download (the full profile); install the [full] extra, "
-            "or use the offline set cp.data.digits() (the quick profile)"
-        ) from exc
+    from pathlib import Path
+
     from . import runtime
 
-    root = root or runtime.cache_dir() / "torchvision"
-    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST,
-           "cifar10": torchvision.datasets.CIFAR10}[name]
-    try:
-        ds = cls(root=str(root), train=train, download=True)
-    except (OSError, RuntimeError) as exc:   # no network (URLError is an OSError), or a broken download
-        raise RuntimeError(
-            f"image_set({name!r}) could not download {cls.__name__} into {root} ({exc}). Offline: copy "
-            f"the torchvision files there from a machine with a network, or use the offline set "
-            f"cp.data.digits() (COMPANION_PROFILE=quick)") from exc
-    raw = torch.as_tensor(ds.data if not isinstance(ds.data, torch.Tensor) else ds.data.numpy())
+    root = Path(root or runtime.cache_dir() / "torchvision")
+    folder = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}[name]
+    # MNIST-format sets are read from torchvision's raw idx files, downloaded only when absent
+    idx = [root / folder / "raw" / f"{'train' if train else 't10k'}-{kind}-idx{d}-ubyte"
+           for kind, d in (("images", 3), ("labels", 1))]
+    if name == "cifar10" or not all(p.exists() for p in idx):
+        ds = _download(name, folder, root, train)
+    if name == "cifar10":
+        raw, labels = torch.as_tensor(ds.data), torch.as_tensor(ds.targets, dtype=torch.long)
+    else:
+        raw, labels = _read_idx(idx[0]), _read_idx(idx[1]).long()
     images = raw.float().div(127.5).sub(1.0)
     images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)
-    labels = torch.as_tensor(ds.targets, dtype=torch.long)
     if n is not None:
         images, labels = images[:n], labels[:n]
     margin = size - images.shape[-1]
@@ -128,6 +125,36 @@ def image_set(name: str, n: int | None = None, size: int = 32, train: bool = Tru
     elif margin != 0:
         images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
     return images.contiguous(), labels
+
+
+def _download(name, folder, root, train):
+    """The torchvision data set ``folder`` under ``root``, downloaded when absent."""
+    try:
+        import torchvision
+    except ImportError as exc:
+        raise ImportError(
+            f"image_set({name!r}) needs torchvision and a download (the full profile); install the [full] extra, "
+            "or use the offline set cp.data.digits() (the quick profile)"
+        ) from exc
+    try:
+        return getattr(torchvision.datasets, folder)(root=str(root), train=train, download=True)
+    except (OSError, RuntimeError) as exc:   # no network (URLError is an OSError), or a broken download
+        raise RuntimeError(
+            f"image_set({name!r}) could not download {folder} into {root} ({exc}). Offline: copy "
+            f"the torchvision files there from a machine with a network, or use the offline set "
+            f"cp.data.digits() (COMPANION_PROFILE=quick)") from exc
+
+
+def _read_idx(path) -> torch.Tensor:
+    """An idx file (the MNIST format: big-endian header of magic, sizes; then uint8) as a tensor."""
+    import numpy as np
+
+    raw = path.read_bytes()
+    dims = raw[3]
+    if raw[:3] != b"\x00\x00\x08" or not 1 <= dims <= 3:
+        raise ValueError(f"{path} is not an idx file of unsigned bytes")
+    shape = np.frombuffer(raw, dtype=">i4", count=dims, offset=4)
+    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape).copy())
 
 
 #: the photographs of scikit-image (shipped inside the package: no download) that :func:`patches` cuts up

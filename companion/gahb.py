@@ -62,14 +62,17 @@ def sample_sigma_sqrt(n: int, sigma_max: float = 1.0, generator=None) -> torch.T
 
 
 def train_blind(model, images, steps: int, batch_size: int = 32, lr: float = 1e-3, ema: float = 0.999,
-                sigma_max: float = 1.0, generator: torch.Generator | None = None, progress: bool = True):
+                sigma_max: float = 1.0, generator: torch.Generator | None = None, progress: bool = True,
+                resume=None, resume_every: int = 1000):
     r"""Train a blind denoiser ``D(y)`` (e.g. :class:`~companion.nets.BiasFreeUNet`) in place.
 
     Each step draws ``batch_size`` clean images ``x`` — with replacement from ``images`` ``(N, C, H, W)``,
     or from ``images(batch_size, generator)`` when ``images`` is a callable (fresh data) — noise levels
     from :func:`sample_sigma_sqrt` and ε ~ N(0, I), and takes an Adam step on
     ``mean (D(x + σ ε) − x)²`` (Kadkhodaie et al. 2024, Sec. 2 and App. A). The EMA of the weights is
-    kept as in :func:`companion.training.train`.
+    kept as in :func:`companion.training.train`, and so is ``resume`` (a path of a resumable
+    training state written atomically every ``resume_every`` steps: a rerun continues, a finished
+    run returns at once; one path per configuration).
 
     Returns :class:`companion.training.TrainResult` ``(model, ema_model, losses)``.
     """
@@ -94,7 +97,8 @@ def train_blind(model, images, steps: int, batch_size: int = 32, lr: float = 1e-
         x, y = x.to(device), (x + sigma * eps).to(device)
         return ((model(y) - x) ** 2).mean()
 
-    return training._loop(model, steps, batch_loss, lr, ema, progress, "training")
+    return training._loop(model, steps, batch_loss, lr, ema, progress, "training", resume,
+                          check_positive_int(resume_every, "resume_every"), generator)
 
 
 def _family(cfg):
@@ -129,8 +133,11 @@ def training_set(cfg: dict) -> torch.Tensor | None:
     return {"a": a, "b": b}[cfg["half"]].clone()
 
 
-def train_recipe(name: str, config: dict | None = None, progress: bool = True):
+def train_recipe(name: str, config: dict | None = None, progress: bool = True, resume=None):
     """Train the checkpoint ``name`` of :data:`CONFIGS` (keys of ``config`` override) and return its EMA model.
+
+    ``resume``: optional path of a resumable training state (see :func:`train_blind`), e.g. in
+    :func:`companion.runtime.cache_dir`, so that the full profile's long runs survive a disconnect.
 
     The returned model carries ``.config`` (the full config) and ``.metrics`` (final loss, training
     set size, wall-clock seconds).
@@ -148,7 +155,7 @@ def train_recipe(name: str, config: dict | None = None, progress: bool = True):
     train_set = training_set(cfg)
     images = _family(cfg) if train_set is None else train_set
     result = train_blind(model, images, cfg["steps"], cfg["batch_size"], cfg["lr"], cfg["ema"], cfg["sigma_max"],
-                         torch.Generator().manual_seed(cfg["seed"] + 1), progress)
+                         torch.Generator().manual_seed(cfg["seed"] + 1), progress, resume)
     out = result.ema_model
     out.metrics = {"final_loss": sum(result.losses[-200:]) / len(result.losses[-200:]),
                    "n_train": cfg["n_train"], "seconds": round(time.time() - start, 1)}

@@ -8,10 +8,12 @@ full branch can rot unexecuted. Set ``COMPANION_PROFILE=quick|full|smoke`` to ov
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,8 @@ import torch
 
 PROFILES = ("quick", "full", "smoke")
 
-__all__ = ["PROFILES", "device", "seed", "profile", "choose", "cache_dir", "in_colab", "describe", "format_config", "glue"]
+__all__ = ["PROFILES", "device", "seed", "profile", "choose", "cache_dir", "in_colab", "describe", "format_config", "glue",
+           "full_profile", "full_profile_line", "full_profile_table"]
 
 
 def device() -> torch.device:
@@ -62,7 +65,7 @@ def profile() -> str:
     return "full" if torch.cuda.is_available() else "quick"
 
 
-def choose(quick, full, smoke=None):
+def choose(quick, full, smoke=None, opt_in=None):
     """Return ``quick`` or ``full`` according to :func:`profile`, or the full table at smoke size.
 
     Example: ``cfg = choose(quick=dict(n=1797, steps=2000), full=dict(n=60000, steps=200000),
@@ -70,7 +73,20 @@ def choose(quick, full, smoke=None):
     result is ``full`` updated with ``smoke`` (a dict of reduced sizes; ``quick`` when omitted),
     so the full branch runs end to end at a size a CPU finishes in seconds. For tables that are
     not dicts, ``smoke`` (or ``quick``) itself is returned.
+
+    ``opt_in`` (a sentence stating the full profile's time, e.g. :func:`full_profile_line`) makes a
+    chapter's full profile opt-in: when ``full`` is only the default (CUDA present,
+    ``COMPANION_PROFILE`` unset), the sentence is printed and the chapter runs the quick profile
+    (``COMPANION_PROFILE`` is set to ``quick`` for the rest of this process, so that every later
+    :func:`profile` agrees). ``COMPANION_PROFILE=full`` runs the full profile.
     """
+    if opt_in is not None and not isinstance(opt_in, str):
+        raise TypeError(f"opt_in must be None or a str stating the time, got {type(opt_in).__name__}")
+    if opt_in is not None and not os.environ.get("COMPANION_PROFILE", "").strip() and profile() == "full":
+        print(f"The full profile of this chapter is opt-in:\n{opt_in}\n" + textwrap.fill(
+            "Running the quick profile; set COMPANION_PROFILE=full before the setup cell to run "
+            "the full one.", 86))
+        os.environ["COMPANION_PROFILE"] = "quick"
     active = profile()
     if active != "smoke":
         return full if active == "full" else quick
@@ -128,3 +144,58 @@ def glue(name: str, value, display: bool = False):
     except ImportError:
         return
     _glue(name, value, display=display)
+
+
+def full_profile() -> dict:
+    """The measured or estimated cost of every chapter's full profile, ``{chapter: row}``.
+
+    Read from ``companion/results/full_profile.json``, written by ``benchmarks/full_profile.py``:
+    per chapter, the peak memory (``peak_gb``; ``memory`` says whether measured), the CPU time
+    (``cpu_s``; measured, or extrapolated as ``cpu_how`` says) and the T4 time (``t4_s``; ``t4_how``
+    says how it was obtained: for training, an ESTIMATE from FLOPs and an assumed throughput).
+    An empty dict when the file is absent.
+    """
+    path = Path(__file__).resolve().parent / "results" / "full_profile.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _cost(row: dict) -> tuple[str, str, str]:
+    """(peak memory, CPU time, T4 time) of a row of :func:`full_profile`, as short text."""
+    low = "≥ " if row["kind"] == "notebook" and not row["finished"] else ""
+    est = "" if row["kind"] == "notebook" else "est. "
+    return f"{low}{row['peak_gb']:.1f} GB", f"{low}{_duration(row['cpu_s'])}", f"{low}{est}{_duration(row['t4_s'])}"
+
+
+def full_profile_line(chapter: str) -> str:
+    """One sentence on ``chapter``'s full profile (see :func:`full_profile`), for its profile cell
+    (wrapped at 86 characters, the book's column)."""
+    if not isinstance(chapter, str):
+        raise TypeError(f"chapter must be a str such as '06_creativity_els', got {type(chapter).__name__}")
+    row = full_profile().get(chapter)
+    if row is None:
+        return f"full profile of {chapter}: not measured (run benchmarks/full_profile.py)"
+    mem, cpu, t4 = _cost(row)
+    how = "measured" if row["kind"] == "notebook" else "extrapolated from smaller batches"
+    failed = f"; FAILED at {row['error']}" if "error" in row else ""
+    return textwrap.fill(f"full profile: peak memory {mem} ({how}); one CPU core {cpu}; T4 {t4} "
+                         f"({row['t4_how']}){failed}", 86)
+
+
+def full_profile_table(width: int = 86) -> str:
+    """:func:`full_profile` as a printed table, one chapter a row, with its notes; lines ≤ ``width``."""
+    lines, notes = [f"{'chapter':24} {'peak memory':>12} {'one CPU core':>14} {'T4':>12}  note"], []
+    for chapter, row in sorted(full_profile().items()):
+        note = f"FAILED at {row['error']}" if "error" in row else row["t4_how"]
+        if note not in notes:
+            notes.append(note)
+        mem, cpu, t4 = _cost(row)
+        lines.append(f"{chapter:24} {mem:>12} {cpu:>14} {t4:>12}  [{notes.index(note) + 1}]")
+    for i, note in enumerate(notes, 1):
+        lines += textwrap.wrap(f"[{i}] {note}", width, subsequent_indent="    ")
+    return "\n".join(lines)

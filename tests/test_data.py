@@ -59,6 +59,35 @@ def test_image_set_bad_name_and_offline_hint(monkeypatch):
         cp.data.image_set("mnist")
 
 
+def test_image_set_reads_torchvision_idx_files_without_torchvision(monkeypatch, tmp_path):
+    """MNIST in torchvision's raw layout is read by the package itself: no torchvision, no download."""
+    import builtins
+
+    from test_notebooks import write_tiny_mnist
+
+    write_tiny_mnist(tmp_path, n=6)
+    real_import = builtins.__import__
+
+    def no_torchvision(name, *args, **kwargs):
+        if name == "torchvision":
+            raise ImportError("no torchvision")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchvision)
+    images, labels = cp.data.image_set("mnist", n=4, size=32, train=False, root=tmp_path)
+    assert images.shape == (4, 1, 32, 32) and labels.shape == (4,) and labels.dtype == torch.long
+    raw = tmp_path / "MNIST" / "raw"
+    pixels = torch.frombuffer(bytearray((raw / "t10k-images-idx3-ubyte").read_bytes()[16:]), dtype=torch.uint8)
+    torch.testing.assert_close(images[:, 0, 2:30, 2:30], pixels.reshape(6, 28, 28)[:4].float() / 127.5 - 1)
+    assert (images[:, :, :2] == -1).all()                              # padded with the background
+    assert labels.tolist() == list((raw / "t10k-labels-idx1-ubyte").read_bytes()[8:12])
+    (raw / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x0d\x01" + bytes(8))   # float32: not ours
+    with pytest.raises(ValueError, match="idx"):
+        cp.data.image_set("mnist", root=tmp_path)
+    with pytest.raises(ImportError, match="digits"):                   # absent files: a download
+        cp.data.image_set("fashion_mnist", root=tmp_path)
+
+
 def test_image_set_without_network_names_the_offline_alternative(monkeypatch, tmp_path):
     """A download that fails (no network) is reported with the offline alternatives."""
     import sys

@@ -242,6 +242,26 @@ def test_recipes_run_for_a_few_steps(name, tmp_path):
     assert model.config["steps"] == 2 and model.metrics["n_train"] == gahb.CONFIGS[name]["n_train"]
 
 
+def test_a_recipe_resumes_from_its_saved_state(tmp_path):
+    """An interrupted recipe (3 of 5 steps) resumed from ``resume`` equals an uninterrupted one."""
+    name, path = "gahb_calpha2_n10_a", tmp_path / "state.pt"
+
+    def run(steps, resume):
+        return gahb.train_recipe(name, dict(TINY, steps=steps), progress=False, resume=resume)
+
+    whole = run(5, None)
+    run(3, path)                                      # "disconnect" after 3 steps
+    assert torch.load(path, weights_only=True)["step"] == 3
+    resumed = run(5, path)
+    for a, b in zip(resumed.state_dict().values(), whole.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    again = run(5, path)                              # finished: nothing left to train
+    assert again.metrics["final_loss"] == whole.metrics["final_loss"]
+    with pytest.raises(ValueError, match="resume_every"):
+        gahb.train_blind(nets.BiasFreeUNet(1, 2, 2, 1), torch.rand(4, 1, 8, 8), 2, resume=path,
+                         resume_every=0)
+
+
 def test_every_gahb_recipe_is_registered_and_shipped():
     assert set(gahb.RECIPES) <= set(training.RECIPES)
     sizes = [(training.CHECKPOINT_DIR / f"{name}.pt").stat().st_size for name in gahb.RECIPES]

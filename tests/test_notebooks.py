@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "book").glob("[0-9]*.ipynb"))
 pytestmark = pytest.mark.notebooks
 
-#: chapters whose full branch loads a torchvision data set: the test writes a tiny copy first
+#: chapters whose full branch loads a torchvision data set: the test writes a tiny copy first (in
+#: torchvision's raw layout, which ``data.image_set`` reads itself: no torchvision needed)
 NEEDS_MNIST = {"06_creativity_els"}
 
 
@@ -67,7 +68,6 @@ def test_chapter_runs_alone_in_an_empty_folder(nb_path, tmp_path, monkeypatch):
 def test_full_branch_at_smoke_size(nb_path, tmp_path, monkeypatch):
     folder = tmp_path / "student"
     if nb_path.stem in NEEDS_MNIST:
-        pytest.importorskip("torchvision", reason="the full branch loads MNIST through torchvision")
         write_tiny_mnist(folder / "cache" / "torchvision")
     glued = execute_alone(nb_path, folder, monkeypatch, "smoke")
     assert not [k for k, v in glued.items() if "nan" in v.lower()], "nan in the prose"

@@ -86,3 +86,41 @@ def test_format_config_one_line_per_key_within_width():
     assert len(lines[3]) == 40 and lines[3].endswith("…")
     with pytest.raises(TypeError, match="cfg"):
         cp.runtime.format_config([1, 2])
+
+
+def test_opt_in_full_profile_falls_back_to_quick_unless_asked_for(monkeypatch, capsys):
+    """A GPU machine (full by default) runs an opt-in chapter's quick table and says why."""
+    monkeypatch.setenv("COMPANION_PROFILE", "")          # unset: the default decides
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    quick, full = dict(n=10), dict(n=1000)
+    assert cp.runtime.choose(quick, full) == full          # without opt_in: full
+    assert cp.runtime.choose(quick, full, opt_in="about 4 h on a T4") == quick
+    assert "about 4 h on a T4" in capsys.readouterr().out
+    assert cp.runtime.profile() == "quick"                 # later cells agree
+    monkeypatch.setenv("COMPANION_PROFILE", "full")        # asked for: it runs
+    assert cp.runtime.choose(quick, full, opt_in="about 4 h on a T4") == full
+    monkeypatch.setenv("COMPANION_PROFILE", "smoke")
+    assert cp.runtime.choose(quick, full, smoke=dict(n=5), opt_in="4 h") == dict(n=5)
+    with pytest.raises(TypeError, match="opt_in"):
+        cp.runtime.choose(quick, full, opt_in=240)
+
+
+def test_full_profile_line_reads_the_benchmark_table():
+    from pathlib import Path
+
+    table = cp.runtime.full_profile()
+    book = Path(__file__).resolve().parents[1] / "book"
+    assert set(table) == {p.stem for p in book.glob("[0-9][0-9]_*.md")}   # every chapter
+    for chapter, row in table.items():
+        line = cp.runtime.full_profile_line(chapter)
+        assert line.startswith("full profile:") and row["t4_how"].split()[-1] in line, line
+        assert all(len(part) <= 86 for part in line.splitlines())
+        if "peak_gb" in row:
+            assert f"{row['peak_gb']:.1f} GB" in line
+    table = cp.runtime.full_profile_table().splitlines()
+    assert all(len(line) <= 86 for line in table) and len(table) > len(cp.runtime.full_profile())
+    assert [line.split()[0] for line in table[1:1 + len(cp.runtime.full_profile())]] == sorted(
+        cp.runtime.full_profile())
+    assert "not measured" in cp.runtime.full_profile_line("99_nope")
+    with pytest.raises(TypeError, match="chapter"):
+        cp.runtime.full_profile_line(6)
