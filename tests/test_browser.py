@@ -139,6 +139,16 @@ const done = arguments[arguments.length - 1];
 """
 
 
+# Code cells and printed outputs wider than their box (solutions opened by then, folded cells opened).
+WIDE_JS = r"""
+document.querySelectorAll('details').forEach(d => { d.open = true; });
+return [...document.querySelectorAll('div.cell_input pre, div.cell_output pre')]
+  .filter(e => e.scrollWidth > e.clientWidth + 1)
+  .map(e => (e.closest('.cell_input') ? 'code: ' : 'output: ') + e.textContent.split('\n')
+       .reduce((a, b) => b.length > a.length ? b : a, '').slice(0, 100));
+"""
+
+
 def visible(drv, el):
     return drv.execute_script(
         "const r = arguments[0].getBoundingClientRect(); "
@@ -182,6 +192,7 @@ def visits(server, driver):
         driver.get(base + page)
         rec = driver.execute_async_script(VISIT_JS)
         rec["solutions"] = check_solutions(driver)
+        rec["wide"] = driver.execute_script(WIDE_JS)
         rec["console"] = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         rec["requests"] = [(p, c) for pg, p, c in list(handler.log) if pg == page]
         out[page] = rec
@@ -236,6 +247,13 @@ def test_outputs_are_clean(visits, page):
     found = list(dict.fromkeys(f"{why}: {o['text'][:120]!r}" for o in rec["outputs"]
                                for rx, why in GARBAGE if rx.search(o["text"])))
     assert not found, "\n".join(found[:5])
+
+
+@pytest.mark.parametrize("page", page_params())
+def test_code_and_outputs_fit_the_column(visits, page):
+    """At a 1280-px window no code cell and no printed output scrolls sideways (1 px of slack)."""
+    wide = visits[page]["wide"]
+    assert not wide, f"{len(wide)} blocks scroll sideways; longest lines:\n" + "\n".join(wide[:10])
 
 
 @pytest.mark.parametrize("page", page_params())

@@ -86,3 +86,17 @@ def test_format_config_one_line_per_key_within_width():
     assert len(lines[3]) == 40 and lines[3].endswith("…")
     with pytest.raises(TypeError, match="cfg"):
         cp.runtime.format_config([1, 2])
+
+
+def test_table_renders_a_markdown_table():
+    md = cp.runtime.table(("steps", "error", "note", "σ"),
+                          [(10, 0.123456, "a|b", "1e-3"), (100, -0.5, "c", "-1")], digits=3)
+    lines = getattr(md, "data", md).splitlines()
+    assert lines == ["| steps | error | note | σ |", "|---:|---:|---|---:|",
+                     "| 10 | 0.123 | a\\|b | 1e-3 |", "| 100 | -0.500 | c | -1 |"]
+    with pytest.raises(ValueError, match=r"rows\[1\]"):
+        cp.runtime.table(("a", "b"), [(1, 2), (3,)])
+    with pytest.raises(TypeError, match="header"):
+        cp.runtime.table("ab", [])
+    with pytest.raises(ValueError, match="digits"):
+        cp.runtime.table(("a",), [(1,)], digits=-1)
