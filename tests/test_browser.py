@@ -26,7 +26,7 @@ import pytest
 pytestmark = pytest.mark.site
 
 ROOT = Path(__file__).resolve().parents[1]
-HTML = ROOT / "_build" / "html"
+HTML = Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html"))  # BOOK_HTML: another build
 SKIP_DIRS = {"_static", "_sources", "_images", "_sphinx_design_static", "_panels_static"}
 PAGES = sorted(str(p.relative_to(HTML)) for p in HTML.rglob("*.html")
                if not SKIP_DIRS & set(p.relative_to(HTML).parts[:-1])) if HTML.exists() else []
@@ -48,6 +48,8 @@ GARBAGE = [
 ]
 #: raw TeX in the text of a page once MathJax is done
 RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\begin\{|\\frac|\\mathbb|\\sigma")
+#: MyST/Markdown syntax left in the text of a page (e.g. a glued string with backticks in it)
+RAW_MYST = re.compile(r"`|\{(glue|cite|numref|eq|ref|doc)(:\w+)?\}|^:::|\]\(#", re.M)
 
 
 def browser_paths():
@@ -227,6 +229,13 @@ def test_math_typeset(visits, page):
     raw = [m.group(0) for m in RAW_TEX.finditer(rec["text"])]
     context = [rec["text"][max(0, m.start() - 40): m.end() + 40] for m in RAW_TEX.finditer(rec["text"])]
     assert not raw, f"raw TeX on the page: {context[:3]}"
+
+
+@pytest.mark.parametrize("page", page_params())
+def test_no_raw_markup(visits, page):
+    text = visits[page]["text"]
+    found = [text[max(0, m.start() - 40): m.end() + 40] for m in RAW_MYST.finditer(text)]
+    assert not found, f"raw MyST/Markdown on the page: {found[:3]}"
 
 
 @pytest.mark.parametrize("page", page_params())
