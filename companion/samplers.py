@@ -112,7 +112,8 @@ def ddpm(n: int, n_train: int = 1000, beta_start: float = 1e-4, beta_end: float 
     r"""DDPM's discrete noise levels, subsampled uniformly in the timestep ("DDIM" schedule), then 0.
 
     DDPM (Ho et al. 2020) uses :math:`\beta_t` linear from ``beta_start`` to ``beta_end`` over
-    :math:`t = 1, \dots, n_{\mathrm{train}}`, :math:`\bar\alpha_t = \prod_{s\le t}(1-\beta_s)`; in the variance-exploding
+    :math:`t = 1, \dots, n_{\mathrm{train}}`, :math:`\bar\alpha_t = \prod_{s\le t}(1-\beta_s)`;
+    in the variance-exploding
     convention :math:`\sigma_t = \sqrt{(1-\bar\alpha_t)/\bar\alpha_t}` (σ_1 ≈ 0.01, σ_1000 ≈ 157 for the
     defaults). ``n`` of the T = ``n_train`` timesteps are used, evenly spaced (DDIM's subsampling,
     Song et al. 2021):
