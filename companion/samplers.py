@@ -13,7 +13,8 @@ two-parameter loop as smalldiffusion's ``samples``). At each step, with
 
 .. math::
     \bar\varepsilon_t = \gamma\,\hat\varepsilon_t + (1-\gamma)\,\hat\varepsilon_{t+1}, \quad
-    \sigma_p = \big(\sigma_{t-1}/\sigma_t^{\mu}\big)^{1/(1-\mu)}, \quad
+    \sigma_p = \big(\sigma_{t-1}/\sigma_t^{\mu}\big)^{1/(1-\mu)},
+
     \eta = \sqrt{\sigma_{t-1}^2 - \sigma_p^2}, \quad
     x \leftarrow x + (\sigma_p - \sigma_t)\,\bar\varepsilon_t + \eta\, z,
 

@@ -141,12 +141,15 @@ const done = arguments[arguments.length - 1];
 """
 
 
-# Code cells and printed outputs wider than their box (solutions opened by then, folded cells opened).
+# Code cells, printed outputs and display equations wider than their box (solutions opened by
+# then, folded cells opened).
 WIDE_JS = r"""
 document.querySelectorAll('details').forEach(d => { d.open = true; });
-return [...document.querySelectorAll('div.cell_input pre, div.cell_output pre')]
+const kind = e => e.closest('.cell_input') ? 'code: ' : e.matches('pre') ? 'output: ' : 'equation: ';
+return [...document.querySelectorAll(
+    'div.cell_input pre, div.cell_output pre, mjx-container[display="true"]')]
   .filter(e => e.scrollWidth > e.clientWidth + 1)
-  .map(e => (e.closest('.cell_input') ? 'code: ' : 'output: ') + e.textContent.split('\n')
+  .map(e => kind(e) + e.textContent.split('\n')
        .reduce((a, b) => b.length > a.length ? b : a, '').slice(0, 100));
 """
 
@@ -259,8 +262,9 @@ def test_outputs_are_clean(visits, page):
 
 
 @pytest.mark.parametrize("page", page_params())
-def test_code_and_outputs_fit_the_column(visits, page):
-    """At a 1280-px window no code cell and no printed output scrolls sideways (1 px of slack)."""
+def test_code_outputs_and_equations_fit_the_column(visits, page):
+    """At a 1280-px window no code cell, printed output or display equation scrolls sideways
+    (1 px of slack)."""
     wide = visits[page]["wide"]
     assert not wide, f"{len(wide)} blocks scroll sideways; longest lines:\n" + "\n".join(wide[:10])
 
