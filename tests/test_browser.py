@@ -48,8 +48,9 @@ GARBAGE = [
 ]
 #: raw TeX in the text of a page once MathJax is done
 RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\begin\{|\\frac|\\mathbb|\\sigma")
-#: MyST/Markdown syntax left in the text of a page (e.g. a glued string with backticks in it)
-RAW_MYST = re.compile(r"`|\{(glue|cite|numref|eq|ref|doc)(:\w+)?\}|^:::|\]\(#", re.M)
+#: MyST/Markdown syntax left in the text of a page (a glued string with backticks in it, a pipe
+#: table shown as text)
+RAW_MYST = re.compile(r"`|\{(glue|cite|numref|eq|ref|doc)(:\w+)?\}|^:::|\]\(#|\|\s*[-—–]+:?\s*\|", re.M)
 
 
 def browser_paths():
