@@ -138,7 +138,8 @@ def table(header, rows, digits: int = 4):
     ``header`` is a sequence of column titles; ``rows`` a sequence of rows of the same length. A float
     is written with ``digits`` digits after the point, anything else with ``str``; columns of
     numbers (or of strings that read as numbers) are right-aligned. Pass it to
-    ``IPython.display.display`` (as a cell's last expression MyST-NB shows it as plain text).
+    ``IPython.display.display``; on the website a chapter shows it as a table when its front matter
+    sets ``mystnb: render_markdown_format: myst`` (MyST-NB's default, CommonMark, has no tables).
     """
     if isinstance(header, str) or not hasattr(header, "__len__") or len(header) == 0:
         raise TypeError("header must be a non-empty sequence of column titles")
