@@ -1,4 +1,4 @@
-"""The Colab flavour of the book: plain Jupyter notebooks generated from the MyST chapters.
+r"""The Colab flavour of the book: plain Jupyter notebooks generated from the MyST chapters.
 
 Colab does not render MyST, so the notebooks the website's Colab button opens are generated from
 ``book/NN_name.md`` (the source of truth) by :func:`colab_notebook`:

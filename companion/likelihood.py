@@ -8,7 +8,8 @@ Everything is written for a denoiser ``D(x, sigma) -> x0_hat`` in the book's con
 **PF-ODE likelihood** (Song et al. 2021; Chen et al. 2018's instantaneous change of variables).
 In the variable ``s = log σ`` the probability-flow ODE ``dx/dσ = −σ ∇ log p_σ = (x − D(x, σ))/σ`` reads
 
-.. math::  \frac{dx}{ds} = v(x, s) = x - D(x, e^s), \qquad
+.. math::  \frac{dx}{ds} = v(x, s) = x - D(x, e^s),
+
            \frac{d}{ds}\log p_{e^s}(x_s) = -\nabla\!\cdot v = -\bigl(\dim - \operatorname{tr} \partial_x D\bigr),
 
 so ``log p_{σ_min}(x) = log p_{σ_max}(x_{σ_max}) + ∫_{log σ_min}^{log σ_max} ∇·v ds``. The divergence
@@ -20,7 +21,8 @@ Rademacher probes ``u`` held fixed along the trajectory (Grathwohl et al. 2019).
 .. math::  \log p(x_0) \ge -\underbrace{\frac{\|x_0\|^2}{2\sigma_{\max}^2}}_{\text{prior}}
            - \underbrace{\int_{\sigma_{\min}}^{\sigma_{\max}} \mathbb E_\varepsilon
              \|x_0 - D(x_0 + \sigma\varepsilon, \sigma)\|^2 \sigma^{-3}\, d\sigma}_{\text{diffusion}}
-           + \underbrace{\mathbb E_\varepsilon \log p(x_0 \mid x_0 + \sigma_{\min}\varepsilon)}_{\text{reconstruction}}.
+
+           \qquad + \underbrace{\mathbb E_\varepsilon \log p(x_0 \mid x_0 + \sigma_{\min}\varepsilon)}_{\text{reconstruction}}.
 
 **KL bound** (Song et al. 2021, Theorem 1; Kadkhodaie et al. 2024, eq. 3):
 ``KL(p ‖ p_θ) ≤ ∫ (MSE(D_θ, σ) − MSE(D*, σ)) σ⁻³ dσ`` with MSE summed over coordinates.

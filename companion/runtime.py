@@ -22,7 +22,8 @@ import torch
 PROFILES = ("quick", "full", "smoke")
 
 __all__ = ["PROFILES", "device", "seed", "profile", "choose", "cache_dir", "in_colab", "describe", "format_config", "glue",
-           "full_profile", "full_profile_line", "full_profile_table"]
+           "full_profile", "full_profile_line", "full_profile_table",
+           "table"]
 
 
 def device() -> torch.device:
@@ -199,3 +200,47 @@ def full_profile_table(width: int = 86) -> str:
     for i, note in enumerate(notes, 1):
         lines += textwrap.wrap(f"[{i}] {note}", width, subsequent_indent="    ")
     return "\n".join(lines)
+
+
+def table(header, rows, digits: int = 4):
+    """A table shown as a table: an ``IPython.display.Markdown`` pipe table (the plain string when
+    IPython is missing), so printed results stay within the book's column instead of scrolling.
+
+    ``header`` is a sequence of column titles; ``rows`` a sequence of rows of the same length. A float
+    is written with ``digits`` digits after the point, anything else with ``str``; columns of
+    numbers (or of strings that read as numbers) are right-aligned. Pass it to
+    ``IPython.display.display``; on the website a chapter shows it as a table when its front matter
+    sets ``mystnb: render_markdown_format: myst`` (MyST-NB's default, CommonMark, has no tables).
+    """
+    if isinstance(header, str) or not hasattr(header, "__len__") or len(header) == 0:
+        raise TypeError("header must be a non-empty sequence of column titles")
+    if not isinstance(digits, int) or digits < 0:
+        raise ValueError(f"digits must be a non-negative int, got {digits!r}")
+    rows = [list(r) for r in rows]
+    for i, r in enumerate(rows):
+        if len(r) != len(header):
+            raise ValueError(f"rows[{i}] has {len(r)} cells, header has {len(header)}")
+
+    def cell(v):
+        text = f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+        return text.replace("|", "\\|")
+
+    def is_number(v):
+        if isinstance(v, (int, float)):
+            return True
+        try:
+            float(v)
+        except (TypeError, ValueError):
+            return False
+        return isinstance(v, str)
+
+    numeric = [bool(rows) and all(is_number(r[j]) for r in rows) for j in range(len(header))]
+    lines = ["| " + " | ".join(map(str, header)) + " |",
+             "|" + "".join("---:|" if n else "---|" for n in numeric)]
+    lines += ["| " + " | ".join(map(cell, r)) + " |" for r in rows]
+    text = "\n".join(lines)
+    try:
+        from IPython.display import Markdown
+    except ImportError:
+        return text
+    return Markdown(text)

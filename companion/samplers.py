@@ -13,7 +13,8 @@ two-parameter loop as smalldiffusion's ``samples``). At each step, with
 
 .. math::
     \bar\varepsilon_t = \gamma\,\hat\varepsilon_t + (1-\gamma)\,\hat\varepsilon_{t+1}, \quad
-    \sigma_p = \big(\sigma_{t-1}/\sigma_t^{\mu}\big)^{1/(1-\mu)}, \quad
+    \sigma_p = \big(\sigma_{t-1}/\sigma_t^{\mu}\big)^{1/(1-\mu)},
+
     \eta = \sqrt{\sigma_{t-1}^2 - \sigma_p^2}, \quad
     x \leftarrow x + (\sigma_p - \sigma_t)\,\bar\varepsilon_t + \eta\, z,
 
@@ -112,7 +113,8 @@ def ddpm(n: int, n_train: int = 1000, beta_start: float = 1e-4, beta_end: float 
     r"""DDPM's discrete noise levels, subsampled uniformly in the timestep ("DDIM" schedule), then 0.
 
     DDPM (Ho et al. 2020) uses :math:`\beta_t` linear from ``beta_start`` to ``beta_end`` over
-    t = 1..``n_train``, :math:`\bar\alpha_t = \prod_{s\le t}(1-\beta_s)`; in the variance-exploding
+    :math:`t = 1, \dots, n_{\mathrm{train}}`, :math:`\bar\alpha_t = \prod_{s\le t}(1-\beta_s)`;
+    in the variance-exploding
     convention :math:`\sigma_t = \sqrt{(1-\bar\alpha_t)/\bar\alpha_t}` (σ_1 ≈ 0.01, σ_1000 ≈ 157 for the
     defaults). ``n`` of the T = ``n_train`` timesteps are used, evenly spaced (DDIM's subsampling,
     Song et al. 2021):

@@ -2,8 +2,9 @@ r"""Forward noising processes dx = f(t) x dt + g(t) dW on t ∈ [0, 1].
 
 Every process has the closed-form marginal (lecture "Score and diffusion models"; Song et al. 2021)
 
-.. math::  p_t(x \mid x_0) = \mathcal N\big(x;\ s(t)\,x_0,\ s(t)^2\sigma(t)^2 I\big),\qquad
-           s(t) = e^{\int_0^t f},\qquad \sigma(t)^2 = \int_0^t g(\xi)^2 / s(\xi)^2\, d\xi ,
+.. math::  p_t(x \mid x_0) &= \mathcal N\big(x;\ s(t)\,x_0,\ s(t)^2\sigma(t)^2 I\big),
+
+           s(t) &= e^{\int_0^t f},\qquad \sigma(t)^2 = \int_0^t g(\xi)^2 / s(\xi)^2\, d\xi ,
 
 so ``x_t = s(t) (x0 + σ(t) ε)``: dividing by ``s(t)`` gives the book's canonical variance-exploding
 variable ``x0 + σ ε`` that every denoiser ``D(x, sigma)`` takes.

@@ -26,7 +26,7 @@ import pytest
 pytestmark = pytest.mark.site
 
 ROOT = Path(__file__).resolve().parents[1]
-HTML = ROOT / "_build" / "html"
+HTML = Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html"))  # BOOK_HTML: another build
 SKIP_DIRS = {"_static", "_sources", "_images", "_sphinx_design_static", "_panels_static"}
 PAGES = sorted(str(p.relative_to(HTML)) for p in HTML.rglob("*.html")
                if not SKIP_DIRS & set(p.relative_to(HTML).parts[:-1])) if HTML.exists() else []
@@ -48,6 +48,9 @@ GARBAGE = [
 ]
 #: raw TeX in the text of a page once MathJax is done
 RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\begin\{|\\frac|\\mathbb|\\sigma")
+#: MyST/Markdown syntax left in the text of a page (a glued string with backticks in it, a pipe
+#: table shown as text)
+RAW_MYST = re.compile(r"`|\{(glue|cite|numref|eq|ref|doc)(:\w+)?\}|^:::|\]\(#|\|\s*[-—–]+:?\s*\|", re.M)
 
 
 def browser_paths():
@@ -139,6 +142,19 @@ const done = arguments[arguments.length - 1];
 """
 
 
+# Code cells, printed outputs and display equations wider than their box (solutions opened by
+# then, folded cells opened).
+WIDE_JS = r"""
+document.querySelectorAll('details').forEach(d => { d.open = true; });
+const kind = e => e.closest('.cell_input') ? 'code: ' : e.matches('pre') ? 'output: ' : 'equation: ';
+return [...document.querySelectorAll(
+    'div.cell_input pre, div.cell_output pre, mjx-container[display="true"]')]
+  .filter(e => e.scrollWidth > e.clientWidth + 1)
+  .map(e => kind(e) + e.textContent.split('\n')
+       .reduce((a, b) => b.length > a.length ? b : a, '').slice(0, 100));
+"""
+
+
 def visible(drv, el):
     return drv.execute_script(
         "const r = arguments[0].getBoundingClientRect(); "
@@ -182,6 +198,7 @@ def visits(server, driver):
         driver.get(base + page)
         rec = driver.execute_async_script(VISIT_JS)
         rec["solutions"] = check_solutions(driver)
+        rec["wide"] = driver.execute_script(WIDE_JS)
         rec["console"] = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         rec["requests"] = [(p, c) for pg, p, c in list(handler.log) if pg == page]
         out[page] = rec
@@ -219,6 +236,13 @@ def test_math_typeset(visits, page):
 
 
 @pytest.mark.parametrize("page", page_params())
+def test_no_raw_markup(visits, page):
+    text = visits[page]["text"]
+    found = [text[max(0, m.start() - 40): m.end() + 40] for m in RAW_MYST.finditer(text)]
+    assert not found, f"raw MyST/Markdown on the page: {found[:3]}"
+
+
+@pytest.mark.parametrize("page", page_params())
 def test_images_load_and_are_legible(visits, page):
     bad = []
     for im in visits[page]["images"]:
@@ -236,6 +260,14 @@ def test_outputs_are_clean(visits, page):
     found = list(dict.fromkeys(f"{why}: {o['text'][:120]!r}" for o in rec["outputs"]
                                for rx, why in GARBAGE if rx.search(o["text"])))
     assert not found, "\n".join(found[:5])
+
+
+@pytest.mark.parametrize("page", page_params())
+def test_code_outputs_and_equations_fit_the_column(visits, page):
+    """At a 1280-px window no code cell, printed output or display equation scrolls sideways
+    (1 px of slack)."""
+    wide = visits[page]["wide"]
+    assert not wide, f"{len(wide)} blocks scroll sideways; longest lines:\n" + "\n".join(wide[:10])
 
 
 @pytest.mark.parametrize("page", page_params())

@@ -124,3 +124,17 @@ def test_full_profile_line_reads_the_benchmark_table():
     assert "not measured" in cp.runtime.full_profile_line("99_nope")
     with pytest.raises(TypeError, match="chapter"):
         cp.runtime.full_profile_line(6)
+
+
+def test_table_renders_a_markdown_table():
+    md = cp.runtime.table(("steps", "error", "note", "σ"),
+                          [(10, 0.123456, "a|b", "1e-3"), (100, -0.5, "c", "-1")], digits=3)
+    lines = getattr(md, "data", md).splitlines()
+    assert lines == ["| steps | error | note | σ |", "|---:|---:|---|---:|",
+                     "| 10 | 0.123 | a\\|b | 1e-3 |", "| 100 | -0.500 | c | -1 |"]
+    with pytest.raises(ValueError, match=r"rows\[1\]"):
+        cp.runtime.table(("a", "b"), [(1, 2), (3,)])
+    with pytest.raises(TypeError, match="header"):
+        cp.runtime.table("ab", [])
+    with pytest.raises(ValueError, match="digits"):
+        cp.runtime.table(("a",), [(1,)], digits=-1)
