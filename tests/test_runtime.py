@@ -138,3 +138,18 @@ def test_table_renders_a_markdown_table():
         cp.runtime.table("ab", [])
     with pytest.raises(ValueError, match="digits"):
         cp.runtime.table(("a",), [(1,)], digits=-1)
+
+
+def test_expect_raises_except_at_smoke_size(monkeypatch, capsys):
+    monkeypatch.setenv("COMPANION_PROFILE", "quick")
+    assert cp.runtime.expect(True, "fine") is True
+    with pytest.raises(AssertionError, match="slope"):
+        cp.runtime.expect(False, "too few levels for a slope")
+    monkeypatch.setenv("COMPANION_PROFILE", "full")
+    with pytest.raises(AssertionError):
+        cp.runtime.expect(0, "zero")
+    monkeypatch.setenv("COMPANION_PROFILE", "smoke")
+    assert cp.runtime.expect(False, "too few levels for a slope") is False
+    assert "not checked: too few levels for a slope" in capsys.readouterr().out
+    with pytest.raises(TypeError, match="message"):
+        cp.runtime.expect(True, 3)

@@ -72,8 +72,11 @@ _SAMPLER_MISTAKES = [
 def check_reverse_sampler(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) -> Verdict:
     r"""Check ``fn(score, process, x1, n_steps, lam, seed) -> x``: Euler–Maruyama for the reverse-time λ-family
 
-    .. math::  x_{k+1} = x_k + b(x_k, t_k)\,\Delta t + \lambda\, g(t_k) \sqrt{|\Delta t|}\, z_k,
-               \qquad b = f x - \tfrac12(1 + \lambda^2) g^2 \nabla\log p_t,
+    .. math::
+
+       x_{k+1} = x_k + b(x_k, t_k)\,\Delta t + \lambda\, g(t_k) \sqrt{|\Delta t|}\, z_k,
+
+       b = f x - \tfrac12(1 + \lambda^2) g^2 \nabla\log p_t,
 
     on ``torch.linspace(1, 1e-3, n_steps + 1)`` (float64; ``Δt = t_{k+1} − t_k < 0``), with
     ``z_k = torch.randn(x.shape, generator=gen, dtype=x.dtype)`` drawn after the drift from

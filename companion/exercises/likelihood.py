@@ -83,8 +83,11 @@ def check_ode_log_likelihood(fn, n_cases: int = 4, seed: int = 0, quiet: bool = 
     probability-flow ODE in :math:`s = \log\sigma` (Chapter 4, eq. ch4-cov), with ``steps`` Euler steps of size
     :math:`h = (\log\sigma_{\max} - \log\sigma_{\min})/\text{steps}` from σ_min to σ_max,
 
-    .. math::  x_{k+1} = x_k + h\,b(x_k;\sigma_k),\quad \ell_{k+1} = \ell_k + h\,\nabla\!\cdot b(x_k;\sigma_k),
-               \qquad b = x - D(x;\sigma),\ \ \sigma_k = \sigma_{\min} e^{kh},
+    .. math::
+
+       x_{k+1} = x_k + h\,b(x_k;\sigma_k),\quad \ell_{k+1} = \ell_k + h\,\nabla\!\cdot b(x_k;\sigma_k),
+
+       b = x - D(x;\sigma),\quad \sigma_k = \sigma_{\min} e^{kh},
 
     and the answer :math:`\log\mathcal N(x_{\text{steps}}; 0, \sigma_{\max}^2 I) + \ell_{\text{steps}}`, with the
     exact divergence :math:`\nabla\!\cdot b = d - \operatorname{tr}\partial_x D`. ``D(x, sigma)``: the exact

@@ -119,8 +119,11 @@ _DENOISER_MISTAKES = [
 def check_mixture_denoiser(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) -> Verdict:
     r"""Check ``fn(x, sigma, means, stds, weights) -> x0_hat``: the exact denoiser of mixture data,
 
-    .. math::  D(x;\sigma) = \sum_j r_j(x)\Big(\mu_j + \frac{\tau_j^2}{\tau_j^2 + \sigma^2}(x - \mu_j)\Big),\qquad
-               r_j(x) \propto w_j\,\mathcal N(x; \mu_j, (\tau_j^2 + \sigma^2) I)
+    .. math::
+
+       D(x;\sigma) = \sum_j r_j(x)\Big(\mu_j + \frac{\tau_j^2}{\tau_j^2 + \sigma^2}(x - \mu_j)\Big),
+
+       r_j(x) \propto w_j\,\mathcal N(x; \mu_j, (\tau_j^2 + \sigma^2) I)
 
     for :math:`x_0 \sim \sum_j w_j \mathcal N(\mu_j, \tau_j^2 I)` and :math:`x = x_0 + \sigma\varepsilon`
     (Chapter 3, §3.2–3.3; :meth:`companion.gmm.GaussianMixture.denoise`). ``x``: ``(B, D)``; ``sigma``: a
