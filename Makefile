@@ -22,7 +22,7 @@ book: $(VENV)/.installed
 	@echo "website: _build/html/index.html"
 
 test: $(VENV)/.installed
-	$(MAKE) unit notebooks site
+	$(MAKE) unit notebooks site student-site
 
 unit: $(VENV)/.installed
 	TQDM_DISABLE=1 $(PY) -m pytest -q tests -m "not site and not assignments and not notebooks"

@@ -43,37 +43,19 @@ def test_digits():
 
 
 def test_image_set_bad_name_and_offline_hint(monkeypatch):
-    import builtins
-
     with pytest.raises(ValueError, match="mnist"):
         cp.data.image_set("imagenet")
-    real_import = builtins.__import__
-
-    def no_torchvision(name, *args, **kwargs):
-        if name == "torchvision":
-            raise ImportError("no torchvision")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_torchvision)
+    _hide_torchvision(monkeypatch)
     with pytest.raises(ImportError, match="digits"):
         cp.data.image_set("mnist")
 
 
 def test_image_set_reads_torchvision_idx_files_without_torchvision(monkeypatch, tmp_path):
     """MNIST in torchvision's raw layout is read by the package itself: no torchvision, no download."""
-    import builtins
-
     from test_notebooks import write_tiny_mnist
 
     write_tiny_mnist(tmp_path, n=6)
-    real_import = builtins.__import__
-
-    def no_torchvision(name, *args, **kwargs):
-        if name == "torchvision":
-            raise ImportError("no torchvision")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_torchvision)
+    _hide_torchvision(monkeypatch)
     images, labels = cp.data.image_set("mnist", n=4, size=32, train=False, root=tmp_path)
     assert images.shape == (4, 1, 32, 32) and labels.shape == (4,) and labels.dtype == torch.long
     raw = tmp_path / "MNIST" / "raw"
@@ -102,3 +84,17 @@ def test_image_set_without_network_names_the_offline_alternative(monkeypatch, tm
     monkeypatch.setitem(sys.modules, "torchvision", fake)
     with pytest.raises(RuntimeError, match=r"Offline: copy .*cp\.data\.digits\(\)"):
         cp.data.image_set("mnist", root=tmp_path)
+
+
+def _hide_torchvision(monkeypatch):
+    """Make ``import torchvision`` fail for the rest of the test."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torchvision(name, *args, **kwargs):
+        if name == "torchvision":
+            raise ImportError("no torchvision")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchvision)
