@@ -447,3 +447,15 @@ def test_delegation_in_chapters_5_to_8_is_caught_by_the_source_and_at_run_time(c
     monkeypatch.setattr(cp.exercises.core, "_source_uses", lambda *a: "")  # the run-time watch alone
     verdict = checker(answer, quiet=True)
     assert not verdict and "calls companion." in verdict.message, verdict.message
+
+
+def test_noisy_points_are_data_points_plus_scaled_noise():
+    from companion.exercises.core import noisy_points
+
+    x, data = noisy_points(torch.Generator().manual_seed(0), 7, 5, 3, scale=0.0)
+    assert x.shape == (5, 3) and data.shape == (7, 3) and x.dtype == torch.float64
+    assert torch.cdist(x, data).min(1).values.max() == 0           # every x is a data point
+    x, data = noisy_points(torch.Generator().manual_seed(0), 7, 5, 3, scale=1e-3)
+    assert 0 < torch.cdist(x, data).min(1).values.max() < 1e-2
+    again = noisy_points(torch.Generator().manual_seed(0), 7, 5, 3, scale=1e-3)
+    assert torch.equal(again[0], x) and torch.equal(again[1], data)

@@ -32,6 +32,14 @@ class Verdict:
         return f"Verdict(passed={self.passed})"
 
 
+def noisy_points(g: torch.Generator, M: int, B: int, D: int, scale: float = 1.0):
+    """Random cases for checkers: ``data`` ``(M, D)`` standard normal and ``x`` ``(B, D)``, random data
+    points plus ``scale`` times standard normal noise (float64, drawn from ``g`` in that order)."""
+    data = torch.randn(M, D, generator=g, dtype=torch.float64)
+    x = data[torch.randint(0, M, (B,), generator=g)] + scale * torch.randn(B, D, generator=g, dtype=torch.float64)
+    return x, data
+
+
 def _as_tuple(out) -> tuple:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 

@@ -7,7 +7,7 @@ from .. import jacobian
 from ..denoisers import IdealDenoiser
 from ..gmm import GaussianMixture
 from ..jacobian import ideal_jacobian
-from .core import Verdict, compare
+from .core import Verdict, compare, noisy_points
 
 __all__ = ["check_ideal_jacobian", "check_mixture_jacobian"]
 
@@ -37,8 +37,7 @@ def check_ideal_jacobian(fn, n_cases: int = 6, seed: int = 0, quiet: bool = Fals
     sigmas = [[0.5, 1.0, 2.0, 0.3][i % 4] for i in range(max(n_cases, 2) - 1)] + [1e-3]
     for i, sigma in enumerate(sigmas):
         M, B, D = 4 + 3 * i, 2 + i % 3, 2 + i % 4
-        data = torch.randn(M, D, generator=g, dtype=torch.float64)
-        y = data[torch.randint(0, M, (B,), generator=g)] + sigma * torch.randn(B, D, generator=g, dtype=torch.float64)
+        y, data = noisy_points(g, M, B, D, scale=sigma)
         if sigma < 0.01:  # far from the data on the scale of σ: exp(−‖y − x_i‖²/2σ²) underflows for every i
             y = y + 0.2
         cases.append(((data, y, sigma), {}))

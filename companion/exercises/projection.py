@@ -8,7 +8,7 @@ import torch
 from .. import projection, samplers
 from ..denoisers import IdealDenoiser
 from ..gmm import GaussianMixture
-from .core import Verdict, compare
+from .core import Verdict, compare, noisy_points
 
 __all__ = ["check_gradient_estimation", "check_smoothed_distance"]
 
@@ -88,8 +88,7 @@ def check_smoothed_distance(fn, n_cases: int = 6, seed: int = 0, quiet: bool = F
     sigmas = [[1.0, 0.3, 3.0, 0.7][i % 4] for i in range(max(n_cases, 3) - 2)] + [1e-2, 1e-4]
     for i, sigma in enumerate(sigmas):
         M, B, D = 3 + 4 * i, 4 + i, 1 + i % 3
-        data = torch.randn(M, D, generator=g, dtype=torch.float64)
-        x = data[torch.randint(0, M, (B,), generator=g)] + torch.randn(B, D, generator=g, dtype=torch.float64)
+        x, data = noisy_points(g, M, B, D)
         cases.append(((x, data, sigma), {}))
     return compare(fn, _distance_reference, cases, rtol=1e-6, atol=1e-9, name="smoothed distance", quiet=quiet,
                    forbid=[(projection, "smoothed_dist2"), (IdealDenoiser, "__call__"), (GaussianMixture, "denoise")],

@@ -9,7 +9,7 @@ from ..denoisers import IdealDenoiser
 from ..gmm import GaussianMixture
 from .. import samplers
 from ..samplers import step
-from .core import Verdict, compare
+from .core import Verdict, compare, noisy_points
 
 __all__ = ["check_ideal_denoiser", "check_sampler_step", "check_ddpm_step", "check_mixture_denoiser"]
 
@@ -33,8 +33,7 @@ def check_ideal_denoiser(fn, n_cases: int = 6, seed: int = 0, quiet: bool = Fals
     sigmas = [[2.0, 0.7, 0.3, 5.0][i % 4] for i in range(n_cases - 2)] + [0.02, 1e-4]  # small σ last
     for i, sigma in enumerate(sigmas):
         M, B, D = 3 + 5 * i, 4 + i, 1 + i % 3
-        data = torch.randn(M, D, generator=g, dtype=torch.float64)
-        x = data[torch.randint(0, M, (B,), generator=g)] + torch.randn(B, D, generator=g, dtype=torch.float64)
+        x, data = noisy_points(g, M, B, D)
         cases.append(((x, sigma, data), {}))
     return compare(fn, _ideal_reference, cases, rtol=1e-6, atol=1e-9, name="ideal denoiser", quiet=quiet,
                    forbid=[(IdealDenoiser, "__call__"), (GaussianMixture, "denoise")],
