@@ -21,23 +21,32 @@ first call includes building its patch banks (done once per patch size and reuse
 along a sampler's trajectory), then steady-state calls. The outputs are compared with a float64 evaluation of
 the plain machine (``bank_min=inf``), which is exact up to float64 rounding.
 
-"needed" is the fraction of (query, candidate) pairs of the largest position class whose log-weight lies within
-log(C/tol) of the query's best one (C: number of candidates), measured on 256 of its queries: no pruning that
-is exact to tol can skip these pairs, so at a noise level where "needed" is near 1 only a cheaper evaluation of
-each pair (and deduplication) can make the machine faster.
+"needed" is the fraction of deduplicated (query, candidate) pairs, over all queries and all position classes
+(float64), whose weight exceeds tol times the query's normalizer: skipping any one of them alone moves the
+normalizer by more than tol, so no method that is exact to tol (ours: the machine's ``tol``) may skip them.
+"ceiling" is the speed-up over the baseline of an ideal machine that does nothing but one float32 exp per
+needed pair (at the exp rate measured here on 2^22 elements; no products, no bounds, no overhead). It is an
+upper bound for every method of this kind (deduplicate, prune exactly to tol, evaluate each kept pair): where
+the ceiling is below 10x, no such method can be 10x faster than the baseline at that noise level. At high
+noise nearly every pair is needed and the ceiling is a few times at most; ``needed`` falls steeply with sigma.
+
+The trajectory rows repeat the measurement along the noise levels Chapter 6's quick profile samples at
+(``samplers.loglinear(12, 0.01, 10.0)``, 12 calls), with the queries at each level approximated by
+x0 + sigma eps, at a fixed patch size: total times over the 12 calls, and the ceiling of the totals.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/els_speed.py [--quick]``.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
 import torch.nn.functional as F
 
 import companion as cp
-from companion import els, training
+from companion import els, samplers, training
 
 
 def padding_classes(H, W, k):
@@ -95,17 +104,42 @@ def pairs(x, data, k):
     return sum(len(x) * len(data) * len(pos) ** 2 for pos in padding_classes(*x.shape[2:], k))
 
 
-def needed_fraction(x, data, sigma, k, tol, n_query=256):
-    """Fraction of (query, candidate) pairs of the largest position class whose log-weight is within
-    log(C/tol) of the query's best (float64; on ``n_query`` of its queries): what exact pruning must keep."""
+def dedup_classes(x, data, k):
+    """Per position class: its flat positions and the deduplicated candidates ``(y, log count)``
+    (float64; a (patch, centre) pair that occurs c times is one row of weight c)."""
     d = k // 2
-    pos = max(padding_classes(*x.shape[2:], k), key=len)
-    q, y = (F.unfold(F.pad(t.double(), (d, d, d, d)), k)[:, :, pos].permute(0, 2, 1).reshape(-1, k * k)
-            for t in (x, data))
-    q = q[torch.randperm(len(q), generator=torch.Generator().manual_seed(1))[:n_query]]
-    logw = -torch.cdist(q, y).pow(2) / (2 * sigma**2)
-    cut = torch.log(torch.tensor(len(y) / tol, dtype=torch.float64))
-    return (logw >= logw.amax(1, keepdim=True) - cut).double().mean().item()
+    out = []
+    for pos in padding_classes(*x.shape[2:], k):
+        y = F.unfold(F.pad(data.double(), (d, d, d, d)), k)[:, :, pos]               # (N, P, n)
+        v = data.double().flatten(2)[:, :, pos]                                    # (N, C, n)
+        rows = torch.cat([y, v], 1).permute(0, 2, 1).reshape(-1, y.shape[1] + v.shape[1])
+        rows, counts = torch.unique(rows, dim=0, return_counts=True)
+        out.append((pos, rows[:, :y.shape[1]], counts.double().log()))
+    return out
+
+
+def needed_pairs(x, classes, sigma, k, tol, chunk=2**22):
+    """``(needed, pairs)``: deduplicated (query, candidate) pairs whose weight exceeds tol times the
+    query's normalizer (float64, all queries, all position classes), and all deduplicated pairs."""
+    d = k // 2
+    qall = F.unfold(F.pad(x.double(), (d, d, d, d)), k)
+    need = total = 0
+    for pos, y, logc in classes:
+        q = qall[:, :, pos].permute(0, 2, 1).reshape(-1, y.shape[1])
+        step = max(1, chunk // len(y))
+        for a in range(0, len(q), step):
+            logw = logc - torch.cdist(q[a:a + step], y).pow(2) / (2 * sigma**2)
+            logz = torch.logsumexp(logw, 1, keepdim=True)
+            need += int((logw > logz + math.log(tol)).sum())
+        total += len(q) * len(y)
+    return need, total
+
+
+def exp_seconds(n=2**22, repeat=5):
+    """Seconds per float32 exp on this machine (one thread), measured on ``n`` elements."""
+    t = -20 * torch.rand(n)
+    _, best = timed(lambda: torch.exp(t), repeat)
+    return best / n
 
 
 def flops_per_pair(C, k):
@@ -135,48 +169,73 @@ def full_profile_estimate(cpu_flops, n_train=50_000, size=32, tflops=10.0, exps_
                   f"CPU ~{flops / cpu_flops:.0f} s")
 
 
+def measure(machine, exact, classes, data, x, sigma, k, repeat, t_exp):
+    """One (inputs, sigma): baseline and machine times, their errors, needed pairs and the ceiling."""
+    base, t_base = timed(lambda: batched_els(x, data, sigma, k), repeat)
+    fast, t_fast = timed(lambda: machine(x, sigma), repeat)
+    ref = exact(x.double(), sigma)
+    need, total = needed_pairs(x, classes, sigma, k, machine.tol)
+    return dict(base=t_base, els=t_fast, diff=(fast - base).abs().max().item(),
+                e_base=(base.double() - ref).abs().max().item(),
+                e_els=(fast.double() - ref).abs().max().item(),
+                need=need, total=total, ideal=need * t_exp)
+
+
 def main(quick=False, repeat=3):
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    sets = {"digits 8x8": cp.data.digits()[0][:1000], "digits 16x16": training.digits16(16, 1000)[0]}
+    sets = {"8x8": cp.data.digits()[0][:1000], "16x16": training.digits16(16, 1000)[0]}
     sigmas = (2.0, 0.5, 0.1) if quick else (2.0, 0.5, 0.1, 0.02)
+    trajectory = samplers.loglinear(12, 0.01, 10.0, append_zero=False).tolist()
     n_query = 8 if quick else 32
-    print(f"ELS, zero padding, {n_query} queries vs 1000 training images, float32, "
-          f"{torch.get_num_threads()} thread(s), best of {repeat}; times in seconds")
-    print(f"{'data':>12} {'k':>1} {'sigma':>5} {'batched':>7} {'els 1st':>7} {'els':>6} {'speed-up':>8} "
-          f"{'max|diff|':>9} {'base err':>8} {'els err':>8} {'needed':>6}")
-    totals = {}
+    t_exp = exp_seconds()
+    print(f"ELS, zero padding, digits, {n_query} queries vs 1000 training images, float32, "
+          f"{torch.get_num_threads()} thread(s), best of {repeat}; times in seconds; "
+          f"one float32 exp: {t_exp * 1e9:.2f} ns")
+    head = (f"{'data':>5} {'k':>1} {'sigma':>5} {'batched':>7} {'els 1st':>7} {'els':>6} {'speed-up':>8} "
+            f"{'max|diff|':>9} {'base err':>8} {'els err':>7} {'needed':>6} {'ceiling':>7}")
+    print(head)
+    totals, paths = {}, {}
     for name, data in sets.items():
         g = torch.Generator().manual_seed(0)
         x0 = data[torch.randperm(len(data), generator=g)[:n_query]]
         for k in (3, 5):
             machine = els.equivariant_local(data, k)
             exact = els.equivariant_local(data.double(), k, bank_min=float("inf"))
-            first = True
+            classes = dedup_classes(x0, data, k)
+            _, t_first = timed(lambda: machine(x0 + sigmas[0] * torch.randn(x0.shape, generator=g), sigmas[0]))
             for sigma in sigmas:
                 x = x0 + sigma * torch.randn(x0.shape, generator=g)
-                base, t_base = timed(lambda: batched_els(x, data, sigma, k), repeat)
-                fast, t_first = timed(lambda: machine(x, sigma))
-                if not first:
-                    t_first = float("nan")
-                fast, t_fast = timed(lambda: machine(x, sigma), repeat)
-                first = False
-                ref = exact(x.double(), sigma)
-                diff = (fast - base).abs().max().item()
-                e_base, e_fast = ((base.double() - ref).abs().max().item(), (fast.double() - ref).abs().max().item())
-                need = needed_fraction(x, data, sigma, k, machine.tol)
+                r = measure(machine, exact, classes, data, x, sigma, k, repeat, t_exp)
                 if sigma == sigmas[0]:                 # nothing pruned: FLOP rate of the last set
-                    cpu_flops = pairs(x, data, k) * flops_per_pair(data.shape[1], k) / t_fast
+                    cpu_flops = pairs(x, data, k) * flops_per_pair(data.shape[1], k) / r["els"]
                 tot = totals.setdefault((name, k), [0.0, 0.0])
-                tot[0] += t_base
-                tot[1] += t_fast
-                print(f"{name:>12} {k:>1} {sigma:>5.2g} {t_base:>7.3f} {t_first:>7.3f} {t_fast:>6.3f} "
-                      f"{t_base / t_fast:>7.1f}x {diff:>9.1e} {e_base:>8.1e} {e_fast:>8.1e} {need:>6.3f}", flush=True)
-    print("over all sigma levels (steady state):")
+                tot[0] += r["base"]
+                tot[1] += r["els"]
+                first = f"{t_first:>7.3f}" if sigma == sigmas[0] else f"{'':>7}"
+                print(f"{name:>5} {k:>1} {sigma:>5.2g} {r['base']:>7.3f} {first} {r['els']:>6.3f} "
+                      f"{r['base'] / r['els']:>7.1f}x {r['diff']:>9.1e} {r['e_base']:>8.1e} "
+                      f"{r['e_els']:>7.1e} {r['need'] / r['total']:>6.4f} {r['base'] / r['ideal']:>6.0f}x",
+                      flush=True)
+            if not quick:
+                path = paths.setdefault((name, k), [0.0, 0.0, 0.0])
+                for sigma in trajectory:
+                    x = x0 + sigma * torch.randn(x0.shape, generator=g)
+                    r = measure(machine, exact, classes, data, x, sigma, k, 1, t_exp)
+                    path[0] += r["base"]
+                    path[1] += r["els"]
+                    path[2] += r["ideal"]
+    print("over all sigma levels of the table (steady state):")
     for (name, k), (tb, tf) in totals.items():
         per = tf / (len(sigmas) * n_query)
-        print(f"{name:>12} {k}: batched {tb:.2f} s, els {tf:.2f} s, speed-up {tb / tf:.1f}x; "
+        print(f"{name:>5} k={k}: batched {tb:.2f} s, els {tf:.2f} s, speed-up {tb / tf:.1f}x; "
               f"els per image and step {per * 1e3:.1f} ms")
+    if paths:
+        print(f"along Chapter 6's quick trajectory (12 levels, sigma {trajectory[0]:g} to {trajectory[-1]:g}; "
+              "totals of single calls):")
+        for (name, k), (tb, tf, ti) in paths.items():
+            print(f"{name:>5} k={k}: batched {tb:.2f} s, els {tf:.2f} s, speed-up {tb / tf:.1f}x, "
+                  f"ceiling {tb / ti:.1f}x")
     full_profile_estimate(cpu_flops)
 
 
