@@ -9,18 +9,29 @@ Two reductions make it fast without changing the result beyond a stated toleranc
 
 * **Deduplication.** Identical (patch, centre) pairs are stored once with their multiplicity
   :math:`c_j`, which enters as a log-weight :math:`\log c_j` (exact).
-* **Clusters with a distance bound.** The rows are grouped by k-means into :math:`K` clusters,
-  stored contiguously, each with a centre :math:`m_k`, a radius :math:`r_k = \max_{j\in k}\|y_j -
-  m_k\|` and a mass :math:`C_k = \sum_{j \in k} c_j`. By the triangle inequality every row of
-  cluster :math:`k` has :math:`\|q - y_j\| \ge \ell_k(q) = \max(0, \|q - m_k\| - r_k)`, so the
-  cluster carries at most :math:`C_k e^{-s\ell_k^2}` (:math:`s = 1/2\sigma^2`). With
-  :math:`L_q` the exact best log-weight over the clusters nearest to :math:`q`, cluster :math:`k`
-  is skipped for :math:`q` when :math:`\log C_k - s\ell_k^2 < L_q - \log(K/\text{tol})`: the
-  skipped clusters carry together at most ``tol`` :math:`e^{L_q}`, i.e. ``tol`` times the
-  softmax's normalizer, so the posterior mean moves by at most :math:`2\,\text{tol}\,\max_j|v_j|`.
-  Queries are processed in groups that share a nearest cluster (or neighbouring ones); a group
-  evaluates the union of its queries' kept clusters, as one contiguous slice when that union
-  fills most of its span, else gathered.
+* **Skipping rows whose weight is provably negligible**, by two bounds on :math:`\|q - y_j\|`.
+  Both use a reference :math:`L_q`, the exact best log-weight over the rows of the clusters
+  nearest to :math:`q` (a lower bound on the largest log-weight), and both skip rows that carry
+  together at most ``tol`` :math:`e^{L_q}`, i.e. at most ``tol`` times the softmax's normalizer, so
+  the posterior mean moves by at most :math:`2\,\text{tol}\,\max_j|v_j|`.
+
+  *Clusters.* The rows are grouped by k-means into :math:`K` clusters, each with a centre
+  :math:`m_k`, a radius :math:`r_k = \max_{j\in k}\|y_j - m_k\|` and a mass :math:`C_k = \sum_{j \in
+  k} c_j`. By the triangle inequality every row of cluster :math:`k` has :math:`\|q - y_j\| \ge
+  \ell_k(q) = \max(0, \|q - m_k\| - r_k)`, so the cluster carries at most :math:`C_k
+  e^{-s\ell_k^2}` (:math:`s = 1/2\sigma^2`); cluster :math:`k` is skipped for :math:`q` when
+  :math:`\log C_k - s\ell_k^2 < L_q - \log(K/\text{tol})`. Each kept cluster is evaluated against
+  the queries that keep it (per-query candidate sets).
+
+  *A window in one projection.* The rows are sorted by :math:`z_j = u\cdot y_j` (:math:`u`: the
+  bank's principal axis, a unit vector). Since :math:`\|q - y\| \ge |u\cdot q - z_j|`, the rows with
+  :math:`|u\cdot q - z_j| \ge h` carry at most :math:`C e^{-sh^2}` (:math:`C = \sum_j c_j`), which
+  is ``tol`` :math:`e^{L_q}` for :math:`h^2 = (\log(C/\text{tol}) - L_q)/s`. Queries sorted by
+  their projection share contiguous slices in groups.
+
+  Each call evaluates the bank the cheaper way by a cost estimate (pairs to evaluate, plus a fixed
+  cost per cluster): at high noise the windows (nothing to skip: one slice, no overhead), at low
+  noise the clusters (the union of a group's windows is much larger than each query's kept set).
 
 Logits come out of one matrix product per group of queries, after shifting both sides by the
 group's mean query when that reduces the float32 cancellation of :math:`\|q\|^2 - 2q\cdot y +
@@ -108,20 +119,15 @@ class PatchBank:
                        span: int = 2048, rows_per_chunk: int = 4096) -> torch.Tensor:
         """Posterior means ``(Q, V)`` of queries ``q`` ``(Q, P)`` with ``inv2s2 = 1/2σ²`` ``(Q,)``.
 
-        ``tol = 0`` keeps every candidate (deduplication alone, exact). Queries are grouped (at most
-        ``group`` of them, whose nearest clusters span at most ``span`` rows unless one cluster is
-        larger); the reference :math:`L_q` is the best log-weight over that span.
+        ``tol = 0`` keeps every candidate (deduplication alone, exact). The reference :math:`L_q` is
+        the best log-weight over the nearest clusters of up to ``group`` queries (at most ``span``
+        rows unless one cluster is larger); windows are shared by ``group`` queries.
         """
         Q, P = q.shape
         dev = q.device
         s64, q64 = inv2s2.double(), q.double()
-        c, start = self.centre.to(dev), self.start.tolist()
-        qn, cn = q64.pow(2).sum(1, keepdim=True), c.pow(2).sum(1)
-        d2 = qn - 2 * q64 @ c.T + cn                                               # (Q, K)
-        # float64 rounding of d2 is below 1e-13 (‖q‖² + ‖c‖²): remove it, so that ell is a lower bound
-        dist = (d2 - 1e-13 * (qn + cn)).clamp_min(0).sqrt()
-        ell = (dist - self.radius.to(dev) * (1 + 1e-12)).clamp_min(0)
-        bound = self.log_mass.to(dev) - s64[:, None] * ell.pow(2)                  # ≥ log-weight of any row
+        start = self.start.tolist()
+        d2, bound = self.cluster_bounds(q64, s64)
         cut = math.log(self.n_clusters / tol) if tol > 0 else math.inf
         near = d2.argmin(1)
         order = torch.argsort(near, stable=True)
@@ -153,6 +159,18 @@ class PatchBank:
         for idx, lo, hi in windows:
             out[idx] = self._softmax_mean(q[idx], inv2s2[idx], ref[idx], slice(lo, hi), rows_per_chunk)
         return out.to(q.dtype)
+
+    def cluster_bounds(self, q, inv2s2):
+        """Squared distances ``(Q, K)`` of float64 queries ``q`` ``(Q, P)`` to the cluster centres, and
+        the bounds ``log C_k − s ℓ_k(q)²`` ``(Q, K)`` (``s = inv2s2`` ``(Q,)``) that no row of cluster k
+        can exceed: ``ℓ_k = max(0, ‖q − m_k‖ − r_k) ≤ ‖q − y‖`` (triangle inequality)."""
+        c = self.centre.to(q.device)
+        qn, cn = q.pow(2).sum(1, keepdim=True), c.pow(2).sum(1)
+        d2 = qn - 2 * q @ c.T + cn
+        # float64 rounding of d2 is below 1e-13 (‖q‖² + ‖c‖²): remove it, so that ell is a lower bound
+        dist = (d2 - 1e-13 * (qn + cn)).clamp_min(0).sqrt()
+        ell = (dist - self.radius.to(q.device) * (1 + 1e-12)).clamp_min(0)
+        return d2, self.log_mass.to(q.device) - inv2s2[:, None] * ell.pow(2)
 
     def _groups(self, near, group, span):
         """Groups ``(a, b, first, last)`` of consecutive sorted queries ``a:b`` whose nearest clusters

@@ -394,6 +394,65 @@ def test_bank_is_sorted_by_a_unit_projection_and_keeps_counts():
     torch.testing.assert_close(bank.logc.exp().sum(), torch.tensor(1100.0, dtype=torch.float64))
 
 
+def _real_digits(size):
+    """A few scikit-learn digits (8x8) or their 16x16 upsampling (float64): real patch statistics."""
+    from companion import data as cp_data, training
+
+    imgs = cp_data.digits()[0][:150] if size == 8 else training.digits16(16, 40)[0]
+    return imgs.double()
+
+
+@pytest.mark.parametrize("size,k", [(8, 3), (16, 5)])
+@pytest.mark.parametrize("sigma", [1e-4, 0.02, 0.1, 2.0])
+@pytest.mark.parametrize("path", ["clusters", "windows"])
+def test_cluster_and_window_paths_equal_the_plain_machine(size, k, sigma, path, monkeypatch):
+    # both evaluations of the bank (forced through the cost estimate) against the plain machine
+    from companion._els_bank import PatchBank
+
+    data = _real_digits(size)
+    x = data[:3] + sigma * torch.randn(3, 1, size, size, generator=torch.Generator().manual_seed(8),
+                                       dtype=torch.float64)
+    plain = els.equivariant_local(data, k, bank_min=float("inf"))(x, sigma)
+    monkeypatch.setattr(PatchBank, "_pair_cost", 0.0 if path == "clusters" else 1.0)
+    monkeypatch.setattr(PatchBank, "_overhead", -1 if path == "clusters" else math.inf)
+    calls = []
+    orig = PatchBank._by_cluster
+    monkeypatch.setattr(PatchBank, "_by_cluster", lambda self, *a: calls.append(1) or orig(self, *a))
+    tol = 1e-7
+    fast = els.equivariant_local(data, k, tol=tol, bank_min=1)
+    bound = 2 * tol * data.abs().max().item()
+    torch.testing.assert_close(fast(x, sigma), plain, rtol=0, atol=bound + 1e-12)
+    assert (len(calls) > 0) == (path == "clusters")
+    f32 = els.equivariant_local(data.float(), k, tol=tol, bank_min=1)(x.float(), sigma)
+    assert torch.isfinite(f32).all() and (f32.double() - plain).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("sigma", [0.02, 0.3])
+def test_cluster_bounds_hold_and_prune(sigma):
+    # no row of a cluster may exceed its bound log C_k − s ℓ_k²; at low noise most clusters fall
+    # below the reference by log(K/tol) and are skipped
+    from companion._els_bank import PatchBank
+
+    data = _real_digits(16)
+    g = torch.Generator().manual_seed(9)
+    x = data[:2] + sigma * torch.randn(2, 1, 16, 16, generator=g, dtype=torch.float64)
+    pos = torch.arange(256).reshape(16, 16)[2:14, 2:14].flatten()
+    patches = lambda t: torch.nn.functional.unfold(torch.nn.functional.pad(t, (2,) * 4), 5)[:, :, pos]  # noqa: E731
+    y = patches(data).permute(0, 2, 1).reshape(-1, 25)
+    bank = PatchBank(y, data.flatten(2)[:, :, pos].permute(0, 2, 1).reshape(-1, 1), cluster_rows=64)
+    assert bank.n_clusters > 10 and sorted(bank.members.tolist()) == list(range(bank.n_rows))
+    q = patches(x).permute(0, 2, 1).reshape(-1, 25)
+    s = torch.full((len(q),), 0.5 / sigma**2, dtype=torch.float64)
+    _, bound = bank.cluster_bounds(q, s)
+    logw = bank.logc - s[:, None] * torch.cdist(q, bank.y.double()).pow(2)        # (Q, N) rows
+    label = torch.empty(bank.n_rows, dtype=torch.long)
+    label[bank.members] = torch.repeat_interleave(torch.arange(bank.n_clusters), bank.start.diff())
+    best = torch.full_like(bound, -math.inf).scatter_reduce_(1, label.expand_as(logw), logw, "amax")
+    assert (best <= bound + 1e-9).all()
+    keep = bound >= (logw.amax(1) - math.log(bank.n_clusters / 1e-7))[:, None]
+    assert keep.double().mean() < (0.2 if sigma < 0.1 else 1.0)
+
+
 def test_bank_arguments():
     data = torch.zeros(4, 1, 8, 8)
     with pytest.raises(ValueError, match="tol"):
