@@ -153,7 +153,8 @@ class PatchBank:
         # cost in pairs of the two evaluations: by windows, or by clusters (plus a fixed cost each)
         by_window = sum(len(idx) * (hi - lo) for idx, lo, hi in windows)
         by_cluster = float((keep.double() @ self.start.diff().to(dev).double()).sum())
-        if self._pair_cost * by_cluster + self._overhead * int(keep.any(0).sum()) < by_window:
+        self.last_cost = dict(windows=by_window, clusters=by_cluster, active=int(keep.any(0).sum()))
+        if self._pair_cost * by_cluster + self._overhead * self.last_cost["active"] < by_window:
             return self._by_cluster(q, inv2s2, keep).to(q.dtype)
         out = torch.empty(Q, self.v.shape[1], dtype=torch.float64, device=dev)
         for idx, lo, hi in windows:
@@ -190,34 +191,56 @@ class PatchBank:
         out.append((a, b, f, last))
         return out
 
-    # cost of the evaluation by clusters relative to the windows' (measured on one CPU thread, 16x16
-    # digits, k = 5): 1.3x per pair, and a fixed ~0.4 ms per cluster (~1e5 pairs of a window)
-    _pair_cost, _overhead = 1.3, 100_000
+    # cost of the evaluation by clusters relative to the windows' (fitted on one CPU thread, 16x16
+    # digits, k = 5, sigma 0.02-0.5): 1.3x per pair, and ~0.4 ms per active cluster (~5e4 pairs)
+    _pair_cost, _overhead = 1.3, 50_000
 
-    def _by_cluster(self, q, inv2s2, keep):
-        """Posterior means ``(Q, V)``: each kept cluster against the queries that keep it (float64
-        running log-sum-exp per query); logits relative to the cluster's centre, in float64 when
-        the float32 rounding estimate exceeds 1e-4."""
-        Q, dev = q.shape[0], q.device
-        V = self.v.shape[1]
-        acc = torch.zeros(Q, V + 1, dtype=torch.float64, device=dev)
-        m_run = torch.full((Q,), -math.inf, dtype=torch.float64, device=dev)
-        start = self.start.tolist()
+    def _by_cluster(self, q, inv2s2, keep, block: int = 2**16):
+        """Posterior means ``(Q, V)``: each kept cluster against the queries that keep it.
+
+        The (cluster, query) pairs of ``keep`` ``(Q, K)`` are taken cluster by cluster, in blocks of
+        about ``block`` pairs; each pair gets its cluster's log-sum-exp (its maximum log-weight and
+        the sums ``[Σ w v, Σ w]`` relative to it), and the pairs of a query are combined at the end
+        in float64. Logits are taken relative to the cluster's centre, in float64 when the float32
+        rounding estimate ``eps·(max ‖q − m‖ + r)²·s`` exceeds 1e-4.
+        """
+        Q, dev, V = q.shape[0], q.device, self.v.shape[1]
+        kk, qq = keep.T.nonzero().unbind(1)                      # pairs, cluster by cluster
+        per = torch.bincount(kk, minlength=self.n_clusters).tolist()
+        ends = torch.tensor(per).cumsum(0).tolist()
+        start, radius = self.start.tolist(), self.radius.tolist()
         floor = -87.0 if q.dtype != torch.float64 else -700.0
-        for k in keep.any(0).nonzero().flatten().tolist():
-            qi = keep[:, k].nonzero().flatten()
-            rows = slice(start[k], start[k + 1])
-            qc = q[qi].double() - self.centre[k].to(dev)
-            s = inv2s2[qi].double()[:, None]
-            spread = float(qc.norm(dim=1).max()) + float(self.radius[k])
-            dt = q.dtype if _EPS32 * spread**2 * float(s.max()) <= _ROUNDING else torch.float64
-            table, vals = self._centred(dt)
+        top = torch.empty(len(qq), dtype=torch.float64, device=dev)         # per pair
+        sums = torch.empty(len(qq), V + 1, dtype=torch.float64, device=dev)
+        k, a = 0, 0
+        while a < len(qq):
+            last = k                                               # clusters k..last, pairs a:b
+            while last + 1 < self.n_clusters and ends[last + 1] - a <= block:
+                last += 1
+            b = ends[last]
+            qc = q[qq[a:b]].double() - self.centre.to(dev)[kk[a:b]]
+            s = inv2s2[qq[a:b]].double()[:, None]
             lhs = torch.cat([2 * s * qc, -s, torch.ones_like(s), -s * qc.pow(2).sum(1, keepdim=True)], 1)
-            logit = lhs.to(dt) @ table[rows].T                                   # (n, m) log-weights
-            m_new = torch.maximum(m_run[qi], logit.amax(1).double())
-            w = (logit - m_new.to(dt)[:, None]).clamp_min_(floor).exp_()
-            acc[qi] = acc[qi] * torch.exp(m_run[qi] - m_new)[:, None] + (vals[:, rows] @ w.T).T.double()
-            m_run[qi] = m_new
+            spread = torch.zeros(last + 1 - k, dtype=torch.float64, device=dev).scatter_reduce_(
+                0, kk[a:b] - k, qc.norm(dim=1) * s.flatten().sqrt(), "amax").tolist()
+            lhs32 = lhs.to(q.dtype)
+            for c in range(k, last + 1):
+                i, j = ends[c] - per[c] - a, ends[c] - a
+                if i == j:
+                    continue
+                rows = slice(start[c], start[c + 1])
+                s_r = (spread[c - k] + radius[c] * float(s[i:j].max().sqrt())) ** 2
+                dt = q.dtype if _EPS32 * s_r <= _ROUNDING else torch.float64
+                table, vals = self._centred(dt)
+                logit = (lhs32[i:j] if dt == q.dtype else lhs[i:j]) @ table[rows].T   # (n, m)
+                m = logit.amax(1, keepdim=True)
+                w = logit.sub_(m).clamp_min_(floor).exp_()
+                top[a + i:a + j] = m.flatten()
+                sums[a + i:a + j] = (vals[:, rows] @ w.T).T
+            k, a = last + 1, b
+        best = torch.full((Q,), -math.inf, dtype=torch.float64, device=dev).scatter_reduce_(0, qq, top, "amax")
+        acc = torch.zeros(Q, V + 1, dtype=torch.float64, device=dev).index_add_(
+            0, qq, sums * torch.exp(top - best[qq])[:, None])
         return acc[:, :V] / acc[:, V:]
 
     def _centred(self, dtype, centred=True):
