@@ -119,12 +119,31 @@ class PatchBank:
                        span: int = 2048, rows_per_chunk: int = 4096) -> torch.Tensor:
         """Posterior means ``(Q, V)`` of queries ``q`` ``(Q, P)`` with ``inv2s2 = 1/2σ²`` ``(Q,)``.
 
-        ``tol = 0`` keeps every candidate (deduplication alone, exact). The reference :math:`L_q` is
-        the best log-weight over the nearest clusters of up to ``group`` queries (at most ``span``
-        rows unless one cluster is larger); windows are shared by ``group`` queries.
+        ``tol = 0`` keeps every candidate (deduplication alone, exact). The bank is evaluated by
+        clusters or by windows (:meth:`plan`), whichever the cost estimate says is cheaper.
         """
-        Q, P = q.shape
-        dev = q.device
+        ref, keep, windows = self.plan(q, inv2s2, tol, group, span)
+        # cost in pairs of the two evaluations: by windows, or by clusters (plus a fixed cost each)
+        by_window = sum(len(idx) * (hi - lo) for idx, lo, hi in windows)
+        by_cluster = float((keep.double() @ self.start.diff().to(q.device).double()).sum())
+        self.last_cost = dict(windows=by_window, clusters=by_cluster, active=int(keep.any(0).sum()))
+        if self._pair_cost * by_cluster + self._overhead * self.last_cost["active"] < by_window:
+            return self._by_cluster(q, inv2s2, keep).to(q.dtype)
+        out = torch.empty(q.shape[0], self.v.shape[1], dtype=torch.float64, device=q.device)
+        for idx, lo, hi in windows:
+            out[idx] = self._softmax_mean(q[idx], inv2s2[idx], ref[idx], slice(lo, hi), rows_per_chunk)
+        return out.to(q.dtype)
+
+    def plan(self, q, inv2s2, tol, group=64, span=2048):
+        """What to evaluate for queries ``q`` ``(Q, P)``: ``(ref, keep, windows)``.
+
+        ``ref`` ``(Q,)``: :math:`L_q`, the exact best log-weight over the nearest clusters of up to
+        ``group`` queries (at most ``span`` rows unless one cluster is larger). ``keep`` ``(Q, K)``:
+        the clusters a query keeps; the skipped ones carry at most ``tol·e^ref``. ``windows``: a
+        list of ``(query indices, lo, hi)``, up to ``group`` queries sharing the rows ``lo:hi`` (in
+        projection order) outside which their rows carry at most ``tol·e^ref``.
+        """
+        Q, dev = q.shape[0], q.device
         s64, q64 = inv2s2.double(), q.double()
         start = self.start.tolist()
         d2, bound = self.cluster_bounds(q64, s64)
@@ -150,16 +169,7 @@ class PatchBank:
             lo = int(torch.searchsorted(self.z, zq[idx] - h[idx]).min()) if tol > 0 else 0
             hi = int(torch.searchsorted(self.z, zq[idx] + h[idx], right=True).max()) if tol > 0 else self.n_rows
             windows.append((idx, lo, hi))
-        # cost in pairs of the two evaluations: by windows, or by clusters (plus a fixed cost each)
-        by_window = sum(len(idx) * (hi - lo) for idx, lo, hi in windows)
-        by_cluster = float((keep.double() @ self.start.diff().to(dev).double()).sum())
-        self.last_cost = dict(windows=by_window, clusters=by_cluster, active=int(keep.any(0).sum()))
-        if self._pair_cost * by_cluster + self._overhead * self.last_cost["active"] < by_window:
-            return self._by_cluster(q, inv2s2, keep).to(q.dtype)
-        out = torch.empty(Q, self.v.shape[1], dtype=torch.float64, device=dev)
-        for idx, lo, hi in windows:
-            out[idx] = self._softmax_mean(q[idx], inv2s2[idx], ref[idx], slice(lo, hi), rows_per_chunk)
-        return out.to(q.dtype)
+        return ref, keep, windows
 
     def cluster_bounds(self, q, inv2s2):
         """Squared distances ``(Q, K)`` of float64 queries ``q`` ``(Q, P)`` to the cluster centres, and

@@ -453,6 +453,50 @@ def test_cluster_bounds_hold_and_prune(sigma):
     assert keep.double().mean() < (0.2 if sigma < 0.1 else 1.0)
 
 
+def _skipped_mass(bank, q, s, rows_kept):
+    """Per query: the exact weight ``Σ c e^(−s‖q − y‖²)`` of the bank rows it does not keep."""
+    logw = bank.logc - s[:, None] * torch.cdist(q, bank.y.double()).pow(2)      # (Q, N)
+    return torch.where(rows_kept, -math.inf, logw).logsumexp(1)
+
+
+@pytest.mark.parametrize("case", ["digits", "collinear"])
+@pytest.mark.parametrize("sigma", [0.05, 0.3])
+def test_plan_skips_at_most_tol_times_the_reference(case, sigma):
+    # the rows a query skips (outside its kept clusters; outside its window) weigh at most tol e^ref,
+    # and so do the bounds of its skipped clusters together. Collinear rows make the window's bound
+    # tight (a window too narrow by a factor log C fails here); digits make the clusters' bound
+    # tight enough that dropping the radius or the log K of the rule fails
+    from companion._els_bank import PatchBank
+
+    g = torch.Generator().manual_seed(10)
+    if case == "digits":
+        data = _real_digits(16)
+        pos = torch.arange(256).reshape(16, 16)[2:14, 2:14].flatten()
+        unf = lambda t: torch.nn.functional.unfold(torch.nn.functional.pad(t, (2,) * 4), 5)[:, :, pos]  # noqa: E731
+        y, v = unf(data).permute(0, 2, 1).reshape(-1, 25), data.flatten(2)[:, 0, pos].reshape(-1, 1)
+        x = data[:1] + sigma * torch.randn(1, 1, 16, 16, generator=g, dtype=torch.float64)
+        q = unf(x).permute(0, 2, 1).reshape(-1, 25)
+    else:
+        t = torch.linspace(-3, 3, 3000, dtype=torch.float64)[:, None]
+        y, v = t * torch.ones(1, 9, dtype=torch.float64) / 3, t
+        q = torch.rand(200, 1, generator=g, dtype=torch.float64) * 4 - 2 + 0 * y[:200]
+    bank = PatchBank(y, v, cluster_rows=64)
+    tol = 1e-3
+    s = torch.full((len(q),), 0.5 / sigma**2, dtype=torch.float64)
+    ref, keep, windows = bank.plan(q, s, tol)
+    label = torch.empty(bank.n_rows, dtype=torch.long)
+    label[bank.members] = torch.repeat_interleave(torch.arange(bank.n_clusters), bank.start.diff())
+    limit = ref + math.log(tol) + 1e-9
+    assert (_skipped_mass(bank, q, s, keep[:, label]) <= limit).all()
+    _, bound = bank.cluster_bounds(q, s)
+    assert (torch.where(keep, -math.inf, bound).logsumexp(1) <= limit).all()
+    in_window = torch.zeros(len(q), bank.n_rows, dtype=torch.bool)
+    for idx, lo, hi in windows:
+        in_window[idx, lo:hi] = True
+    assert (_skipped_mass(bank, q, s, in_window) <= limit).all()
+    assert not in_window.all() and not keep.all()                        # something is skipped
+
+
 def test_bank_arguments():
     data = torch.zeros(4, 1, 8, 8)
     with pytest.raises(ValueError, match="tol"):
