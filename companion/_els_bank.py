@@ -301,7 +301,7 @@ class PatchBank:
                 dt = torch.float64
             table = torch.cat([yc, yc.pow(2).sum(1, keepdim=True), self.logc[rows, None],
                                torch.ones_like(yc[:, :1])], 1).to(dt)
-            qc = q - c
+            qc = q.double() - c.double()            # exact before a float64 product
         table, vals, qc = table.to(dt), vals.to(dt), qc.to(dt)
         # every log-weight is ≤ max log c, and the best one is ≥ ref: if max log c − ref is moderate,
         # shift by max log c (no overflow, no underflow of the largest weight, no running maximum)

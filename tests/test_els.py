@@ -497,6 +497,29 @@ def test_plan_skips_at_most_tol_times_the_reference(case, sigma):
     assert not in_window.all() and not keep.all()                        # something is skipped
 
 
+@pytest.mark.parametrize("path", ["clusters", "windows"])
+def test_float32_bank_resolves_near_ties_at_tiny_sigma(path, monkeypatch):
+    # each query sits halfway between two rows q ± d (as rounded in float32): at σ = 1e-4 the
+    # posterior between them hinges on squared distances that differ by ~1e-9, so the float32
+    # machine must form its logits from exact differences (a centring done in float32 moved
+    # outputs by up to 0.06 on a Chapter 6 mosaic)
+    from companion._els_bank import PatchBank
+
+    monkeypatch.setattr(PatchBank, "_pair_cost", 0.0 if path == "clusters" else 1.0)
+    monkeypatch.setattr(PatchBank, "_overhead", -1 if path == "clusters" else math.inf)
+    g = torch.Generator().manual_seed(11)
+    q = torch.randn(40, 9, generator=g)
+    d = 0.3 * torch.randn(40, 9, generator=g)
+    y = torch.cat([q + d, q - d, 3 + torch.randn(400, 9, generator=g)])
+    v = torch.cat([torch.ones(40, 1), -torch.ones(40, 1), torch.rand(400, 1, generator=g)])
+    sigma = 1e-4
+    got = PatchBank(y, v).posterior_mean(q, torch.full((40,), 0.5 / sigma**2), 1e-7)
+    logw = -torch.cdist(q.double(), y.double()).pow(2) / (2 * sigma**2)
+    want = torch.softmax(logw, 1) @ v.double()
+    assert ((want > -0.99) & (want < 0.99)).any()                       # some ties are undecided
+    assert (got.double() - want).abs().max() < 1e-4
+
+
 def test_bank_arguments():
     data = torch.zeros(4, 1, 8, 8)
     with pytest.raises(ValueError, match="tol"):
