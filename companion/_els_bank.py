@@ -201,9 +201,10 @@ class PatchBank:
         out.append((a, b, f, last))
         return out
 
-    # cost of the evaluation by clusters relative to the windows' (fitted on one CPU thread, 16x16
-    # digits, k = 5, sigma 0.02-0.5): 1.3x per pair, and ~0.4 ms per active cluster (~5e4 pairs)
-    _pair_cost, _overhead = 1.3, 50_000
+    # cost of the evaluation by clusters relative to the windows' (fitted to forced runs of both on
+    # one CPU thread, 8x8 and 16x16 digits, k = 3 and 5, sigma 0.02-0.5): 1.3x per pair, and a fixed
+    # cost per active cluster worth ~1e4 pairs of a window. Either choice gives the same result.
+    _pair_cost, _overhead = 1.3, 10_000
 
     def _by_cluster(self, q, inv2s2, keep, block: int = 2**16):
         """Posterior means ``(Q, V)``: each kept cluster against the queries that keep it.
@@ -220,6 +221,7 @@ class PatchBank:
         ends = torch.tensor(per).cumsum(0).tolist()
         start, radius = self.start.tolist(), self.radius.tolist()
         floor = -87.0 if q.dtype != torch.float64 else -700.0
+        vals = self._centred(q.dtype)[1]
         top = torch.empty(len(qq), dtype=torch.float64, device=dev)         # per pair
         sums = torch.empty(len(qq), V + 1, dtype=torch.float64, device=dev)
         k, a = 0, 0
@@ -241,10 +243,10 @@ class PatchBank:
                 rows = slice(start[c], start[c + 1])
                 s_r = (spread[c - k] + radius[c] * float(s[i:j].max().sqrt())) ** 2
                 dt = q.dtype if _EPS32 * s_r <= _ROUNDING else torch.float64
-                table, vals = self._centred(dt)
+                table = self._centred(dt)[0]
                 logit = (lhs32[i:j] if dt == q.dtype else lhs[i:j]) @ table[rows].T   # (n, m)
                 m = logit.amax(1, keepdim=True)
-                w = logit.sub_(m).clamp_min_(floor).exp_()
+                w = logit.sub_(m).to(q.dtype).clamp_min_(floor).exp_()      # exp in the input's dtype
                 top[a + i:a + j] = m.flatten()
                 sums[a + i:a + j] = (vals[:, rows] @ w.T).T
             k, a = last + 1, b
@@ -302,14 +304,15 @@ class PatchBank:
             table = torch.cat([yc, yc.pow(2).sum(1, keepdim=True), self.logc[rows, None],
                                torch.ones_like(yc[:, :1])], 1).to(dt)
             qc = q.double() - c.double()            # exact before a float64 product
-        table, vals, qc = table.to(dt), vals.to(dt), qc.to(dt)
+        # logits in dt; weights (exp of logits minus their shift, ≤ 0) in the input's dtype
+        table, vals, qc = table.to(dt), vals.to(q.dtype), qc.to(dt)
         # every log-weight is ≤ max log c, and the best one is ≥ ref: if max log c − ref is moderate,
         # shift by max log c (no overflow, no underflow of the largest weight, no running maximum)
         peak = float(self.logc.max()) - ref
         # exp leaves its fast path below the smallest normal number: logits are clamped at `floor`
         # (each clamped weight is below e^floor times the largest weight, or e^(floor + margin) when
         # the shift is fixed: a relative change below m·e^-47 of the normalizer)
-        floor, margin = (-700.0, 600.0) if dt == torch.float64 else (-87.0, 40.0)
+        floor, margin = (-700.0, 600.0) if q.dtype == torch.float64 else (-87.0, 40.0)
         fixed = float(peak.max()) <= margin
         shift = ref + peak if fixed else ref
         s = inv2s2.to(dt)[:, None]
@@ -327,6 +330,7 @@ class PatchBank:
                 acc *= torch.exp(m_run - m_new)
                 logit -= m_new.T.to(dt)
                 m_run = m_new
+            logit = logit.to(q.dtype)
             if clamp:
                 logit.clamp_min_(floor)
             # [v, 1]ᵀ · wᵀ: a wide output, several times faster than w · [v, 1] with its two columns
