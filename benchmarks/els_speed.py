@@ -11,8 +11,9 @@ is taken as v^T w^T (a wide output; w v with its one-column output is several ti
 more than 87 below the running maximum are clamped there before exp (torch's exp takes a ~100x slower path
 for arguments below -87; the clamp adds at most N e^-87 relative weight).
 
-``companion.els`` (default ``tol = 1e-7``) deduplicates identical patches and skips the candidates outside a window
-in one projection whose total weight is provably below tol times the normalizer (companion/_els_bank.py). Both
+``companion.els`` (default ``tol = 1e-7``; ``--tol`` sets it) deduplicates identical patches and skips candidates
+whose total weight is provably below tol times the normalizer, by k-means clusters with a triangle-inequality
+bound or by a window in one projection, whichever is cheaper per call (companion/_els_bank.py). Both
 run in float32 on one thread on the same inputs, with denormal numbers flushed to zero (without it the exp of
 very negative logits slows the baseline down 3-4x at low noise): 32 noisy queries, 1,000 training images,
 k = 3 and 5, zero padding, for the 8x8 digits and for the digits upsampled to 16x16
@@ -29,6 +30,12 @@ needed pair (at the exp rate measured here on 2^22 elements; no products, no bou
 upper bound for every method of this kind (deduplicate, prune exactly to tol, evaluate each kept pair): where
 the ceiling is below 10x, no such method can be 10x faster than the baseline at that noise level. At high
 noise nearly every pair is needed and the ceiling is a few times at most; ``needed`` falls steeply with sigma.
+"ceil@5e-5" is the same ceiling for tol = 5e-5, the loosest tol whose guarantee (2 tol max|x0| with
+max|x0| = 1) still meets the issue's 1e-4. The count depends on tol against 1/N (N: candidates per query,
+~1e4-1.5e5 here): at tol = 1e-7 << 1/N nearly every pair is needed at high noise, at tol = 5e-5 >> 1/N only the
+pairs well above the mean weight are. So the ceiling rules out 10x only for tol = 1e-7; with the issue's full
+slack the count allows more, and a method would need bounds that find those pairs without evaluating the
+rest (ours do not at high noise: when every distance is large, cluster radii and one projection bound little).
 
 The trajectory rows repeat the measurement along the noise levels Chapter 6's quick profile samples at
 (``samplers.loglinear(12, 0.01, 10.0)``, 12 calls), with the queries at each level approximated by
@@ -118,19 +125,20 @@ def dedup_classes(x, data, k):
     return out
 
 
-def needed_pairs(x, classes, sigma, k, tol, chunk=2**22):
-    """``(needed, pairs)``: deduplicated (query, candidate) pairs whose weight exceeds tol times the
-    query's normalizer (float64, all queries, all position classes), and all deduplicated pairs."""
+def needed_pairs(x, classes, sigma, k, tols, chunk=2**22):
+    """``([needed for each tol], pairs)``: deduplicated (query, candidate) pairs whose weight exceeds
+    tol times the query's normalizer (float64, all queries, all position classes), and all pairs."""
     d = k // 2
     qall = F.unfold(F.pad(x.double(), (d, d, d, d)), k)
-    need = total = 0
+    need, total = [0] * len(tols), 0
     for pos, y, logc in classes:
         q = qall[:, :, pos].permute(0, 2, 1).reshape(-1, y.shape[1])
         step = max(1, chunk // len(y))
         for a in range(0, len(q), step):
             logw = logc - torch.cdist(q[a:a + step], y).pow(2) / (2 * sigma**2)
             logz = torch.logsumexp(logw, 1, keepdim=True)
-            need += int((logw > logz + math.log(tol)).sum())
+            for i, tol in enumerate(tols):
+                need[i] += int((logw > logz + math.log(tol)).sum())
         total += len(q) * len(y)
     return need, total
 
@@ -174,14 +182,14 @@ def measure(machine, exact, classes, data, x, sigma, k, repeat, t_exp):
     base, t_base = timed(lambda: batched_els(x, data, sigma, k), repeat)
     fast, t_fast = timed(lambda: machine(x, sigma), repeat)
     ref = exact(x.double(), sigma)
-    need, total = needed_pairs(x, classes, sigma, k, machine.tol)
+    (need, need_loose), total = needed_pairs(x, classes, sigma, k, (machine.tol, 5e-5))
     return dict(base=t_base, els=t_fast, diff=(fast - base).abs().max().item(),
                 e_base=(base.double() - ref).abs().max().item(),
                 e_els=(fast.double() - ref).abs().max().item(),
-                need=need, total=total, ideal=need * t_exp)
+                need=need, total=total, ideal=need * t_exp, ideal_loose=need_loose * t_exp)
 
 
-def main(quick=False, repeat=3):
+def main(quick=False, repeat=3, tol=1e-7):
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     sets = {"8x8": cp.data.digits()[0][:1000], "16x16": training.digits16(16, 1000)[0]}
@@ -191,16 +199,16 @@ def main(quick=False, repeat=3):
     t_exp = exp_seconds()
     print(f"ELS, zero padding, digits, {n_query} queries vs 1000 training images, float32, "
           f"{torch.get_num_threads()} thread(s), best of {repeat}; times in seconds; "
-          f"one float32 exp: {t_exp * 1e9:.2f} ns")
+          f"one float32 exp: {t_exp * 1e9:.2f} ns; machine tol {tol:g}")
     head = (f"{'data':>5} {'k':>1} {'sigma':>5} {'batched':>7} {'els 1st':>7} {'els':>6} {'speed-up':>8} "
-            f"{'max|diff|':>9} {'base err':>8} {'els err':>7} {'needed':>6} {'ceiling':>7}")
+            f"{'max|diff|':>9} {'base err':>8} {'els err':>7} {'needed':>6} {'ceiling':>7} {'ceil@5e-5':>9}")
     print(head)
     totals, paths = {}, {}
     for name, data in sets.items():
         g = torch.Generator().manual_seed(0)
         x0 = data[torch.randperm(len(data), generator=g)[:n_query]]
         for k in (3, 5):
-            machine = els.equivariant_local(data, k)
+            machine = els.equivariant_local(data, k, tol=tol)
             exact = els.equivariant_local(data.double(), k, bank_min=float("inf"))
             classes = dedup_classes(x0, data, k)
             _, t_first = timed(lambda: machine(x0 + sigmas[0] * torch.randn(x0.shape, generator=g), sigmas[0]))
@@ -215,16 +223,18 @@ def main(quick=False, repeat=3):
                 first = f"{t_first:>7.3f}" if sigma == sigmas[0] else f"{'':>7}"
                 print(f"{name:>5} {k:>1} {sigma:>5.2g} {r['base']:>7.3f} {first} {r['els']:>6.3f} "
                       f"{r['base'] / r['els']:>7.1f}x {r['diff']:>9.1e} {r['e_base']:>8.1e} "
-                      f"{r['e_els']:>7.1e} {r['need'] / r['total']:>6.4f} {r['base'] / r['ideal']:>6.0f}x",
+                      f"{r['e_els']:>7.1e} {r['need'] / r['total']:>6.4f} {r['base'] / r['ideal']:>6.0f}x "
+                      f"{r['base'] / r['ideal_loose']:>8.0f}x",
                       flush=True)
             if not quick:
-                path = paths.setdefault((name, k), [0.0, 0.0, 0.0])
+                path = paths.setdefault((name, k), [0.0, 0.0, 0.0, 0.0])
                 for sigma in trajectory:
                     x = x0 + sigma * torch.randn(x0.shape, generator=g)
                     r = measure(machine, exact, classes, data, x, sigma, k, 1, t_exp)
                     path[0] += r["base"]
                     path[1] += r["els"]
                     path[2] += r["ideal"]
+                    path[3] += r["ideal_loose"]
     print("over all sigma levels of the table (steady state):")
     for (name, k), (tb, tf) in totals.items():
         per = tf / (len(sigmas) * n_query)
@@ -233,9 +243,9 @@ def main(quick=False, repeat=3):
     if paths:
         print(f"along Chapter 6's quick trajectory (12 levels, sigma {trajectory[0]:g} to {trajectory[-1]:g}; "
               "totals of single calls):")
-        for (name, k), (tb, tf, ti) in paths.items():
+        for (name, k), (tb, tf, ti, tl) in paths.items():
             print(f"{name:>5} k={k}: batched {tb:.2f} s, els {tf:.2f} s, speed-up {tb / tf:.1f}x, "
-                  f"ceiling {tb / ti:.1f}x")
+                  f"ceiling {tb / ti:.1f}x, ceil@5e-5 {tb / tl:.1f}x")
     full_profile_estimate(cpu_flops)
 
 
@@ -243,5 +253,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="8 queries and 3 noise levels")
     parser.add_argument("--repeat", type=int, default=3, help="time each call this many times (best)")
+    parser.add_argument("--tol", type=float, default=1e-7, help="the machine's tol")
     args = parser.parse_args()
-    main(args.quick, args.repeat)
+    main(args.quick, args.repeat, args.tol)
