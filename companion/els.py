@@ -28,7 +28,8 @@ matrix products, and the softmax is accumulated over chunks of the training set 
 log-sum-exp, so memory stays bounded (``chunk_elements``) and the weights are exact. Large ELS classes
 (unconditional) go through :class:`companion._els_bank.PatchBank` instead: identical training patches
 are merged with their counts as log-weights, and candidates whose total weight is provably below
-``tol`` times the normalizer are skipped (the result moves by at most ``2·tol·max|x0|``).
+``tol`` times the normalizer are skipped (the result moves by at most ``2·tol·max|x0|``): whole
+k-means clusters of patches per query, or everything outside a window in one projection.
 
 Also here: a locality schedule (patch size per σ) and its calibration against a trained network
 (:mod:`companion._els_calibrate`), and the per-image Pearson correlation that the paper's evaluation
@@ -183,7 +184,7 @@ class ScoreMachine:
         cache_elements: the training patches of a patch size are tabulated once and kept when the
             table has at most this many elements (otherwise they are recomputed chunk by chunk).
         tol: for the ELS classes with at least ``bank_min`` candidates (and no labels) the candidates
-            are deduplicated and windowed (:mod:`companion._els_bank`): candidates whose total
+            are deduplicated and pruned (:mod:`companion._els_bank`): candidates whose total
             weight is provably below ``tol`` times the softmax normalizer are skipped, which moves a
             posterior mean by at most ``2·tol·max|x0|``. ``tol=0`` skips nothing (exact).
         bank_min: smallest class (candidates per query) that uses the bank; ``float("inf")`` gives

@@ -545,6 +545,37 @@ def test_benchmark_baseline_is_the_plain_machine():
         torch.testing.assert_close(bench.batched_els(x, data, sigma, k, tile), want, rtol=0, atol=1e-12)
 
 
+def test_benchmark_needed_pairs_count():
+    # the benchmark's ceiling counts deduplicated (query, candidate) pairs with weight > tol·Z; count
+    # them here pixel by pixel: candidates with the query's padding mask, identical ones merged
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "els_speed.py"
+    spec = importlib.util.spec_from_file_location("els_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = _digits_like(30, seed=12)
+    x = data[:2] + 0.3 * torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    unf = lambda t: torch.nn.functional.unfold(torch.nn.functional.pad(t, (1,) * 4), 3)  # noqa: E731
+    mask = unf(torch.ones(1, 1, 8, 8, dtype=torch.float64))[0].T                          # (64, 9)
+    cand = torch.cat([unf(data), data.flatten(2)], 1).permute(0, 2, 1).reshape(-1, 10)     # (30·64, 10)
+    cmask = mask.repeat(30, 1)
+    need = {tol: 0 for tol in (1e-3, 1e-7)}
+    total = 0
+    for b in range(2):
+        q = unf(x[b:b + 1])[0].T
+        for i in range(64):
+            rows, counts = torch.unique(cand[(cmask == mask[i]).all(1)], dim=0, return_counts=True)
+            logw = counts.double().log() - ((rows[:, :9] - q[i]) ** 2).sum(1) / (2 * 0.3**2)
+            for tol in need:
+                need[tol] += int((logw > logw.logsumexp(0) + math.log(tol)).sum())
+            total += len(rows)
+    got, got_total = bench.needed_pairs(x, bench.dedup_classes(x, data, 3), 0.3, 3, (1e-3, 1e-7))
+    assert got == [need[1e-3], need[1e-7]] and got_total == total
+    assert 0 < need[1e-3] < need[1e-7] <= total
+
+
 @pytest.mark.parametrize("kind,k", [("is", None), ("ls", 3), ("els", 3)])
 def test_streamed_machine_exact_at_low_noise(tiny, kind, k):
     # at σ = 0.03 almost every log-weight lies hundreds below the best one; the streamed machine clamps
