@@ -163,12 +163,15 @@ class PatchBank:
         zq = q64 @ self.u.to(dev)
         h = ((self.log_total - math.log(tol) - ref).clamp_min(0) / s64).sqrt() if tol > 0 else None
         zorder = torch.argsort(zq)
-        windows = []
-        for a in range(0, Q, group):
-            idx = zorder[a:a + group]
-            lo = int(torch.searchsorted(self.z, zq[idx] - h[idx]).min()) if tol > 0 else 0
-            hi = int(torch.searchsorted(self.z, zq[idx] + h[idx], right=True).max()) if tol > 0 else self.n_rows
-            windows.append((idx, lo, hi))
+        starts = range(0, Q, group)
+        if tol > 0:                              # each group's window: its queries' windows' union
+            z = self.z.to(dev)
+            lo = torch.searchsorted(z, (zq - h)[zorder]).tensor_split(list(starts)[1:])
+            hi = torch.searchsorted(z, (zq + h)[zorder], right=True).tensor_split(list(starts)[1:])
+            bounds = zip(torch.stack([t.min() for t in lo]).tolist(), torch.stack([t.max() for t in hi]).tolist())
+        else:
+            bounds = [(0, self.n_rows)] * len(starts)
+        windows = [(zorder[a:a + group], lo_, hi_) for a, (lo_, hi_) in zip(starts, bounds)]
         return ref, keep, windows
 
     def cluster_bounds(self, q, inv2s2):
@@ -216,7 +219,7 @@ class PatchBank:
         rounding estimate ``eps·(max ‖q − m‖ + r)²·s`` exceeds 1e-4.
         """
         Q, dev, V = q.shape[0], q.device, self.v.shape[1]
-        kk, qq = keep.T.nonzero().unbind(1)                      # pairs, cluster by cluster
+        kk, qq = keep.T.contiguous().nonzero().unbind(1)         # pairs, cluster by cluster
         per = torch.bincount(kk, minlength=self.n_clusters).tolist()
         ends = torch.tensor(per).cumsum(0).tolist()
         start, radius = self.start.tolist(), self.radius.tolist()
