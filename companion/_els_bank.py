@@ -57,7 +57,7 @@ def _kmeans(y: torch.Tensor, n: int, iters: int = 6, chunk: int = 8192) -> torch
     """Cluster labels ``(N,)`` of rows ``y`` ``(N, P)`` (sorted by their principal projection) by
     ``iters`` Lloyd steps in float32 from ``n`` rows at evenly spaced ranks (deterministic)."""
     yf = y.float()
-    c = yf[torch.linspace(0, len(yf) - 1, n, dtype=torch.float64).long()]
+    c = yf[torch.linspace(0, len(yf) - 1, n, dtype=torch.float64, device=y.device).long()]
     for _ in range(iters + 1):
         cn = c.pow(2).sum(1)
         label = torch.cat([(cn - 2 * yf[a:a + chunk] @ c.T).argmin(1) for a in range(0, len(yf), chunk)])
@@ -100,19 +100,20 @@ class PatchBank:
         self.log_total = math.log(float(counts.sum()))
         label = _kmeans(y, max(1, math.ceil(len(y) / cluster_rows)))
         _, label = torch.unique(label, return_inverse=True)                       # drop empty ones
-        K = int(label.max()) + 1
-        centre = torch.zeros(K, P, dtype=torch.float64).index_add_(0, label, y)
+        K, dev = int(label.max()) + 1, y.device
+        centre = torch.zeros(K, P, dtype=torch.float64, device=dev).index_add_(0, label, y)
         centre /= torch.bincount(label, minlength=K)[:, None]
         # clusters ordered by their centres' projection (neighbouring clusters are near in space)
-        rank = torch.empty(K, dtype=torch.long)
-        rank[torch.argsort(centre @ u, stable=True)] = torch.arange(K)
+        rank = torch.empty(K, dtype=torch.long, device=dev)
+        rank[torch.argsort(centre @ u, stable=True)] = torch.arange(K, device=dev)
         label = rank[label]
         self.members = torch.argsort(label, stable=True)       # row indices, cluster by cluster
         self.centre = centre[torch.argsort(rank)]
-        self.radius = torch.zeros(K, dtype=torch.float64).scatter_reduce_(
+        self.radius = torch.zeros(K, dtype=torch.float64, device=dev).scatter_reduce_(
             0, label, (y - self.centre[label]).norm(dim=1), "amax")
-        self.log_mass = torch.zeros(K, dtype=torch.float64).index_add_(0, label, counts.double()).log()
-        self.start = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(label, minlength=K).cumsum(0)])
+        self.log_mass = torch.zeros(K, dtype=torch.float64, device=dev).index_add_(0, label, counts.double()).log()
+        size = torch.bincount(label, minlength=K)
+        self.start = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), size.cumsum(0)])   # (K + 1,)
         self.n_clusters = K
 
     def posterior_mean(self, q: torch.Tensor, inv2s2: torch.Tensor, tol: float, group: int = 64,
@@ -263,7 +264,7 @@ class PatchBank:
         centre; ``centred=False``: m = 0) and ``[v, 1]ᵀ`` ``(V+1, n)`` in ``dtype`` (cached)."""
         key = ("centred", dtype, centred)
         if key not in self.__dict__:
-            label = torch.repeat_interleave(torch.arange(self.n_clusters), self.start.diff())
+            label = torch.repeat_interleave(torch.arange(self.n_clusters, device=self.start.device), self.start.diff())
             y, logc = self.y[self.members].double(), self.logc[self.members, None]
             yc = y - self.centre[label].to(y.device) if centred else y
             one = torch.ones_like(logc)
