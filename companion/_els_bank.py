@@ -223,11 +223,10 @@ class PatchBank:
         kk, qq = keep.T.contiguous().nonzero().unbind(1)         # pairs, cluster by cluster
         per = torch.bincount(kk, minlength=self.n_clusters).tolist()
         ends = torch.tensor(per).cumsum(0).tolist()
-        start, radius = self.start.tolist(), self.radius.tolist()
+        start = self.start.tolist()
         floor = -87.0 if q.dtype != torch.float64 else -700.0
         vals = self._centred(q.dtype)[1]
-        top = torch.empty(len(qq), dtype=torch.float64, device=dev)         # per pair
-        sums = torch.empty(len(qq), V + 1, dtype=torch.float64, device=dev)
+        tops, sums = [], []                                        # per pair, in pair order
         k, a = 0, 0
         while a < len(qq):
             last = k                                               # clusters k..last, pairs a:b
@@ -237,23 +236,27 @@ class PatchBank:
             qc = q[qq[a:b]].double() - self.centre.to(dev)[kk[a:b]]
             s = inv2s2[qq[a:b]].double()[:, None]
             lhs = torch.cat([2 * s * qc, -s, torch.ones_like(s), -s * qc.pow(2).sum(1, keepdim=True)], 1)
-            spread = torch.zeros(last + 1 - k, dtype=torch.float64, device=dev).scatter_reduce_(
-                0, kk[a:b] - k, qc.norm(dim=1) * s.flatten().sqrt(), "amax").tolist()
+            # float32 rounding estimate per cluster: eps·(max √s‖q − m‖ + r·max √s)²
+            seg = lambda t: torch.zeros(last + 1 - k, dtype=torch.float64, device=dev).scatter_reduce_(  # noqa: E731
+                0, kk[a:b] - k, t, "amax")
+            rounding = _EPS32 * (seg(qc.norm(dim=1) * s.flatten().sqrt())
+                                 + self.radius.to(dev)[k:last + 1] * seg(s.flatten()).sqrt()) ** 2
+            exact = (rounding > _ROUNDING).tolist()
             lhs32 = lhs.to(q.dtype)
             for c in range(k, last + 1):
                 i, j = ends[c] - per[c] - a, ends[c] - a
                 if i == j:
                     continue
                 rows = slice(start[c], start[c + 1])
-                s_r = (spread[c - k] + radius[c] * float(s[i:j].max().sqrt())) ** 2
-                dt = q.dtype if _EPS32 * s_r <= _ROUNDING else torch.float64
-                table = self._centred(dt)[0]
-                logit = (lhs32[i:j] if dt == q.dtype else lhs[i:j]) @ table[rows].T   # (n, m)
+                dt = torch.float64 if exact[c - k] else q.dtype
+                logit = (lhs[i:j] if exact[c - k] else lhs32[i:j]) @ self._centred(dt)[0][rows].T  # (n, m)
                 m = logit.amax(1, keepdim=True)
                 w = logit.sub_(m).to(q.dtype).clamp_min_(floor).exp_()      # exp in the input's dtype
-                top[a + i:a + j] = m.flatten()
-                sums[a + i:a + j] = (vals[:, rows] @ w.T).T
+                tops.append(m)
+                sums.append(vals[:, rows] @ w.T)
             k, a = last + 1, b
+        top = torch.cat(tops).double().flatten()
+        sums = torch.cat(sums, 1).T.double()
         best = torch.full((Q,), -math.inf, dtype=torch.float64, device=dev).scatter_reduce_(0, qq, top, "amax")
         acc = torch.zeros(Q, V + 1, dtype=torch.float64, device=dev).index_add_(
             0, qq, sums * torch.exp(top - best[qq])[:, None])
