@@ -261,7 +261,7 @@ def test_network_path_runs_on_the_device_of_its_input():
 
 
 def test_recipe_digits_unet_lik_runs(tmp_path):
-    model = cp.training.RECIPES["digits_unet_lik"]({"steps": 2, "batch_size": 8, "base": 8, "mults": [1, 2]}, progress=False)
+    model = cp.recipes.RECIPES["digits_unet_lik"]({"steps": 2, "batch_size": 8, "base": 8, "mults": [1, 2]}, progress=False)
     path = cp.training.save(model, tmp_path / "m.pt", "digits_unet_lik", model.config)
     loaded = cp.training.load(path, device="cpu")
     assert loaded.target == "eps" and model.metrics["n_train"] == 1500
