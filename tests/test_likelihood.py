@@ -204,6 +204,8 @@ def test_bad_inputs_name_the_argument():
         L.elbo(ring.denoise, x, 0.0, 1.0)
     with pytest.raises(ValueError, match="sigma_min"):
         L.kl_bound(ring.denoise, ring.denoise, x, 1.0, 1.0)
+    with pytest.raises(ValueError, match="sigma_max must be a finite number"):
+        L.elbo(ring.denoise, x, 0.1, float("inf"))
     with pytest.raises(ValueError, match="x0 must be finite"):
         L.elbo(ring.denoise, torch.full((2, 2), float("nan")), 0.1, 1.0)
     with pytest.raises(ValueError, match="x must be finite"):
