@@ -27,7 +27,9 @@ from . import gahb, nets
 from ._checks import check_positive_int
 from .training import CHECKPOINT_DIR, _built, _config, accuracy, save, train, train_classifier
 
-__all__ = ["CONFIGS", "RECIPES", "digits_split", "digits16", "main"]
+__all__ = ["CONFIGS", "RECIPES", "digits_split", "digits16", "main",
+           "digits_unet", "digits_unet_cond", "digits_resnet", "ring_mlp", "digits_classifier",
+           "digits_unet_lik", "digits16_resnet", "patches_unet"]
 
 #: default configuration of each recipe (a recipe's ``config`` argument overrides these keys); the
 #: shipped checkpoints were made with these defaults: U-Nets of about 146k parameters (8×8 → 4×4 → 2×2),
