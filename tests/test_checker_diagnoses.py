@@ -269,3 +269,28 @@ def test_slips_found_in_the_student_reading_are_named(slip):
 def test_small_matrices_keep_their_shape_in_messages():
     assert describe(torch.zeros(2, 2, dtype=torch.float64)) == "tensor(2, 2) float64 in [0, 0]"
     assert describe(torch.tensor([1.0, 2.0])) == "[1, 2]"
+
+
+def test_written_out_slip_references_agree_with_the_companion_when_no_slip_is_on():
+    """Each checker's written-out formula (used to name a slip) is its reference with every switch off, so a
+    named slip differs from the reference by that one slip."""
+    from companion.exercises import density, els, fokker, gahb, likelihood, score
+    g = torch.Generator().manual_seed(7)
+    x, data = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(6, 3, generator=g, dtype=torch.float64)
+    z, x0 = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    assert torch.allclose(score._ddpm_written(x, x0, 2.0, 0.7, z), score._ddpm_reference(x, x0, 2.0, 0.7, z))
+    assert torch.allclose(gahb._ideal_written(data, x, 0.4), gahb._reference(data, x, 0.4))
+    lp, dw = torch.randn(4, generator=g, dtype=torch.float64), 0.1 * z
+    assert torch.allclose(density._step_written(lp, x, dw, -0.3, 1.7, -0.01), density._reference(lp, x, dw, -0.3, 1.7, -0.01))
+    gmm = cp.gmm.GaussianMixture(data, 0.5)
+    for proc, lam in ((cp.sde.VP(), 0.5), (cp.sde.VE(0.01, 10.0), 1.0)):
+        args = (x, 0.3, proc, cp.reverse.mixture_score(gmm, proc), lam)
+        assert torch.allclose(fokker._drift(*args), fokker._reference(*args))
+    xi, di = torch.randn(2, 2, 5, 6, generator=g, dtype=torch.float64), torch.randn(3, 2, 5, 6, generator=g, dtype=torch.float64)
+    assert torch.allclose(els._local_written(xi, di, 0.8, 3), cp.els.local_weights(xi, di, 0.8, 3))
+    f = lambda y: torch.tanh(y) * y  # noqa: E731  (row-wise and diagonal: sum of partials = trace)
+    assert torch.allclose(likelihood._sum_of_partials(f, x), cp.likelihood.exact_divergence(f, x))
+    x2 = x[:, :2].contiguous()
+    gmm2 = cp.gmm.GaussianMixture(data[:, :2].contiguous(), 0.5)
+    assert torch.allclose(likelihood._ode(gmm2.denoise, x2, 0.01, 20.0, 5),
+                          likelihood._ode_reference(gmm2.denoise, x2, 0.01, 20.0, 5), rtol=1e-10)
