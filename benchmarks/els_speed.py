@@ -17,7 +17,7 @@ bound or by a window in one projection, whichever is cheaper per call (companion
 run in float32 on one thread on the same inputs, with denormal numbers flushed to zero (without it the exp of
 very negative logits slows the baseline down 3-4x at low noise): 32 noisy queries, 1,000 training images,
 k = 3 and 5, zero padding, for the 8x8 digits and for the digits upsampled to 16x16
-(companion.training.digits16). Each time is the best of ``--repeat`` calls. The machine is timed twice: the
+(companion.recipes.digits16). Each time is the best of ``--repeat`` calls. The machine is timed twice: the
 first call includes building its patch banks (done once per patch size and reused by every later call, e.g.
 along a sampler's trajectory), then steady-state calls. The outputs are compared with a float64 evaluation of
 the plain machine (``bank_min=inf``), which is exact up to float64 rounding.
@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 import companion as cp
-from companion import els, samplers, training
+from companion import els, recipes, samplers
 
 
 def padding_classes(H, W, k):
@@ -192,7 +192,7 @@ def measure(machine, exact, classes, data, x, sigma, k, repeat, t_exp):
 def main(quick=False, repeat=3, tol=1e-7):
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    sets = {"8x8": cp.data.digits()[0][:1000], "16x16": training.digits16(16, 1000)[0]}
+    sets = {"8x8": cp.data.digits()[0][:1000], "16x16": recipes.digits16(16, 1000)[0]}
     sigmas = (2.0, 0.5, 0.1) if quick else (2.0, 0.5, 0.1, 0.02)
     trajectory = samplers.loglinear(12, 0.01, 10.0, append_zero=False).tolist()
     n_query = 8 if quick else 32

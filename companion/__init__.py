@@ -17,6 +17,7 @@ MODULES = (
     "likelihood", "els", "jacobian", "projection", "student", "density_tracking",
     "gahb",
     "colab",
+    "recipes",
 )
 
 #: only those present on disk: a module named above whose file is not there yet is left out,

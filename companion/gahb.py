@@ -16,7 +16,7 @@ mean-removed cosine similarity the paper uses, and :func:`nearest` finds the mos
 :data:`CONFIGS`: ``gahb_calpha2_n{N}_{a,b}`` are the memorisation sweep (C^α images, α = 2, 16×16,
 two disjoint training sets A and B of N = 1 … 10⁴ images), ``gahb_calpha{1,2,4}`` are trained on
 fresh C^α images of regularity α, ``gahb_disks`` on fresh disk images. They are registered in
-:data:`companion.training.RECIPES`, so ``python -m companion.training gahb_disks`` makes one.
+:data:`companion.recipes.RECIPES`, so ``python -m companion.recipes gahb_disks`` makes one.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import functools
 
 import torch
 
-from . import data, nets
+from . import data, nets, training
 from ._checks import as_tensor, check_positive_int
 
 __all__ = ["DIGITS_N", "compare_halves", "sample_sigma_sqrt", "train_blind", "sample", "cosine_similarity", "nearest", "psnr", "psnr_slope",
@@ -76,8 +76,6 @@ def train_blind(model, images, steps: int, batch_size: int = 32, lr: float = 1e-
 
     Returns :class:`companion.training.TrainResult` ``(model, ema_model, losses)``.
     """
-    from . import training
-
     steps = check_positive_int(steps, "steps")
     batch_size = check_positive_int(batch_size, "batch_size")
     fresh = callable(images)
@@ -144,11 +142,11 @@ def train_recipe(name: str, config: dict | None = None, progress: bool = True, r
     """
     import time
 
-    from . import runtime, training
+    from . import runtime
 
     if name not in CONFIGS:
         raise ValueError(f"name must be one of {sorted(CONFIGS)}, got {name!r}")
-    cfg = training._config(name, config)
+    cfg = training._config(name, config, CONFIGS)
     start = time.time()
     model = training._built(cfg["seed"], lambda: nets.BiasFreeUNet(1, cfg["base"], cfg["levels"], cfg["convs"]))
     model.to(runtime.device())
@@ -172,7 +170,7 @@ def _recipe(name):
     return recipe
 
 
-#: the recipes, registered in :data:`companion.training.RECIPES`
+#: the recipes, registered in :data:`companion.recipes.RECIPES`
 RECIPES = {name: _recipe(name) for name in CONFIGS}
 
 

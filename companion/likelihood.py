@@ -65,19 +65,17 @@ def _check_data(x, name="x") -> torch.Tensor:
     return x
 
 
-def _check_range(sigma_min, sigma_max):
-    for v, n in ((sigma_min, "sigma_min"), (sigma_max, "sigma_max")):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise ValueError(f"{n} must be a finite number > 0, got {v!r}")
-    if sigma_min >= sigma_max:
-        raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min!r} >= sigma_max={sigma_max!r}")
-    return float(sigma_min), float(sigma_max)
-
-
 def _check_scale(v, name) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     return float(v)
+
+
+def _check_range(sigma_min, sigma_max):
+    lo, hi = _check_scale(sigma_min, "sigma_min"), _check_scale(sigma_max, "sigma_max")
+    if lo >= hi:
+        raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min!r} >= sigma_max={sigma_max!r}")
+    return lo, hi
 
 
 def _call(denoiser, x, sigma, name="denoiser"):

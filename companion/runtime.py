@@ -201,10 +201,16 @@ def full_profile_line(chapter: str) -> str:
     if row is None:
         return f"full profile of {chapter}: not measured (run benchmarks/full_profile.py)"
     mem, cpu, t4 = _cost(row)
-    how = "measured" if row["kind"] == "notebook" else "extrapolated from smaller batches"
     failed = f"; FAILED at {row['error']}" if "error" in row else ""
-    return textwrap.fill(f"full profile: peak memory {mem} ({how}); one CPU core {cpu}; T4 {t4} "
-                         f"({row['t4_how']}){failed}", 86)
+    if row["kind"] == "notebook":
+        stopped = "" if row["finished"] else ", stopped by the time limit"
+        text = (f"full profile: peak memory {mem}, {cpu} on one CPU core (measured "
+                f"{row['measured_on']}{stopped}); its cells compute on the CPU, so a Colab T4 "
+                f"runtime should take about as long (assumed: its CPU core is as fast){failed}")
+    else:
+        text = (f"full profile: peak memory {mem} (extrapolated from smaller batches); T4 {t4} "
+                f"({row['t4_how']}); one CPU core {cpu}{failed}")
+    return textwrap.fill(text, 86)
 
 
 def full_profile_table(width: int = 86) -> str:

@@ -1,4 +1,4 @@
-r"""Denoising score matching and the checkpoint zoo.
+r"""Denoising score matching, and saving and loading the checkpoint zoo.
 
 **Training.** :func:`train` fits a :class:`companion.nets.Denoiser` by denoising score matching
 (Vincent 2011; Karras et al. 2022): draw a data point x0, a noise level σ and ε ~ N(0, I), and
@@ -15,24 +15,20 @@ log-uniformly on ``[sigma_min, sigma_max]``. Optional class labels are replaced 
 with probability ``label_dropout`` (classifier-free guidance, Ho & Salimans 2022). An exponential
 moving average (EMA) of the weights is kept and is what the zoo ships.
 
-**Zoo.** Training that takes more than a minute on a CPU is replaced by a small checkpoint in
-``companion/checkpoints/`` made by a recipe in :data:`RECIPES` (defaults in :data:`CONFIGS`)::
-
-    python -m companion.training digits_unet [--steps N] [--out PATH]
-
-:func:`save` writes a plain dict (recipe, config, package version, architecture, float32 EMA
-state, metrics) to a temporary file and renames it (atomic); :func:`load` rebuilds the
-architecture and reads the file with ``torch.load(..., weights_only=True)``.
+**Checkpoints.** Training that takes more than a minute on a CPU is replaced by a small
+checkpoint in :data:`CHECKPOINT_DIR` (``companion/checkpoints/``) made by a recipe of
+:mod:`companion.recipes` (``python -m companion.recipes digits_unet``). :func:`save` writes a plain
+dict (recipe, config, package version, architecture, float32 EMA state, metrics) to a temporary
+file and renames it (atomic); :func:`load` rebuilds the architecture and reads the file with
+``torch.load(..., weights_only=True)``, by path or by recipe name (``load("digits_unet")``).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,8 +42,7 @@ from .denoisers import loss_weight
 
 __all__ = [
     "TrainResult", "dsm_loss", "train", "train_classifier", "accuracy", "sample_sigma", "SIGMA_SAMPLERS",
-    "digits_split",
-    "RECIPES", "CONFIGS", "CHECKPOINT_DIR", "save", "load", "main",
+    "CHECKPOINT_DIR", "save", "load",
 ]
 
 SIGMA_SAMPLERS = ("lognormal", "loguniform")
@@ -311,28 +306,13 @@ def accuracy(model, images, labels, batch_size: int = 1024) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# The zoo: recipes, save and load
+# The zoo's machinery: recipe configs, save and load (the recipes are in companion/recipes.py)
 # ----------------------------------------------------------------------------------------------
 
-#: default configuration of each recipe (a recipe's ``config`` argument overrides these keys); the
-#: shipped checkpoints were made with these defaults: U-Nets of about 146k parameters (8×8 → 4×4 → 2×2),
-#: a ResNet of 96k parameters with a 7×7 receptive field, a classifier of 45k parameters
-CONFIGS = {
-    "digits_unet": dict(seed=0, steps=4000, batch_size=128, lr=2e-3, ema=0.999, target="v", sigma_data=0.5,
-                        base=16, mults=[1, 2, 2], blocks=1),
-    "digits_unet_cond": dict(seed=0, steps=4000, batch_size=128, lr=2e-3, ema=0.999, target="v", sigma_data=0.5,
-                             base=16, mults=[1, 2, 2], blocks=1, label_dropout=0.15),
-    "digits_resnet": dict(seed=0, steps=4000, batch_size=128, lr=2e-3, ema=0.999, target="v", sigma_data=0.5,
-                          width=48, depth=3, kernel=3),
-    "ring_mlp": dict(seed=0, steps=6000, batch_size=512, lr=2e-3, ema=0.999, target="v", sigma_data=3.0,
-                     hidden=128, depth=4, P_mean=-0.5, P_std=1.5, n_data=50000),
-    "digits_classifier": dict(seed=0, steps=2000, batch_size=128, lr=2e-3, ema=0.99, width=32, features=64,
-                              shift=1, n_train=1500),
-}
-
-
-def _config(name, config):
-    cfg = dict(CONFIGS[name])
+def _config(name, config, configs):
+    """``configs[name]`` (a recipe's defaults) updated with the keys of ``config``; an unknown key is
+    a ValueError naming the recipe."""
+    cfg = dict(configs[name])
     unknown = set(config or {}) - set(cfg)
     if unknown:
         raise ValueError(f"unknown config keys for recipe {name!r}: {sorted(unknown)}; known: {sorted(cfg)}")
@@ -345,192 +325,6 @@ def _built(seed, make):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return make()
-
-
-def _fit_denoiser(cfg, images, net_factory, labels=None, progress=True, **train_kwargs):
-    """Build ``nets.Denoiser(net_factory(cfg, n_classes))`` (seeded by ``cfg["seed"]``), train it on
-    ``images`` (class-conditional when ``labels`` are given) and return its EMA copy with ``config``
-    and ``metrics`` set: the one training path of every image recipe."""
-    from . import runtime
-
-    n_classes = 10 if labels is not None else None
-    model = _built(cfg["seed"], lambda: nets.Denoiser(net_factory(cfg, n_classes), target=cfg["target"],
-                                                      sigma_data=cfg["sigma_data"], n_classes=n_classes))
-    model.to(runtime.device())
-    result = train(model, images, cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-                   labels=labels, label_dropout=cfg.get("label_dropout", 0.0), ema=cfg["ema"],
-                   generator=torch.Generator().manual_seed(cfg["seed"]), progress=progress, **train_kwargs)
-    out = result.ema_model
-    out.metrics = {"final_loss": sum(result.losses[-200:]) / len(result.losses[-200:]),
-                   "n_train": images.shape[0]}
-    out.config = cfg
-    return out
-
-
-def _digits_denoiser(name, config, net_factory, conditional, progress=True):
-    from . import data as _data
-
-    images, labels = _data.digits()
-    return _fit_denoiser(_config(name, config), images, net_factory,
-                         labels=labels if conditional else None, progress=progress)
-
-
-def _unet(cfg, n_classes):
-    return nets.UNet(channels=1, base=cfg["base"], mults=cfg["mults"], blocks=cfg["blocks"], n_classes=n_classes)
-
-
-def _resnet(cfg, n_classes):
-    return nets.ResNet(channels=1, width=cfg["width"], depth=cfg["depth"], kernel=cfg["kernel"], n_classes=n_classes)
-
-
-def digits_unet(config=None, progress=True):
-    """Unconditional U-Net denoiser on all 1,797 digits (v-target, σ_data = 0.5, log-normal σ)."""
-    return _digits_denoiser("digits_unet", config, _unet, False, progress)
-
-
-def digits_unet_cond(config=None, progress=True):
-    """Class-conditional U-Net (11 labels, 10 = null) with label dropout, for classifier-free guidance."""
-    return _digits_denoiser("digits_unet_cond", config, _unet, True, progress)
-
-
-def digits_resnet(config=None, progress=True):
-    """Unconditional local ResNet without normalization (receptive field 7×7 by default)."""
-    return _digits_denoiser("digits_resnet", config, _resnet, False, progress)
-
-
-def ring_mlp(config=None, progress=True):
-    """Residual MLP denoiser for the 2-D ring mixture ``cp.gmm.ring()`` (v-target, σ_data = 3,
-    log-normal σ with ``P_mean = -0.5``, ``P_std = 1.5``), trained on ``n_data`` fresh samples.
-
-    Chapter 3 compares its score with the exact mixture score; a short in-notebook run of the same
-    network stays on a plateau at low noise, hence the longer, shipped run.
-    """
-    from . import gmm, runtime
-
-    cfg = _config("ring_mlp", config)
-    data = gmm.ring().sample(cfg["n_data"], generator=torch.Generator().manual_seed(cfg["seed"])).float()
-    model = _built(cfg["seed"], lambda: nets.Denoiser(nets.MLP(dim=2, hidden=cfg["hidden"], depth=cfg["depth"]),
-                                                      target=cfg["target"], sigma_data=cfg["sigma_data"]))
-    model.to(runtime.device())
-    result = train(model, data, cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], ema=cfg["ema"],
-                   P_mean=cfg["P_mean"], P_std=cfg["P_std"], generator=torch.Generator().manual_seed(cfg["seed"] + 1),
-                   progress=progress)
-    out = result.ema_model
-    out.metrics = {"final_loss": sum(result.losses[-200:]) / len(result.losses[-200:]), "n_train": cfg["n_data"]}
-    out.config = cfg
-    return out
-
-
-def digits_split(n_train: int = 1500):
-    """The classifier's fixed split of the 1,797 digits: index tensors ``(train, held_out)``.
-
-    The first ``n_train`` entries of ``torch.randperm(1797, generator=torch.Generator().manual_seed(0))``
-    train; the rest (297 by default) are held out.
-    """
-    perm = torch.randperm(1797, generator=torch.Generator().manual_seed(0))
-    return perm[:n_train], perm[n_train:]
-
-
-def digits_classifier(config=None, progress=True):
-    """CNN classifier of clean digits, trained on the first ``n_train`` points of :func:`digits_split`'s
-    permutation; the held-out accuracy on the rest is recorded in ``metrics``."""
-    from . import data as _data, runtime
-
-    cfg = _config("digits_classifier", config)
-    images, labels = _data.digits()
-    train_idx, test_idx = digits_split(cfg["n_train"])
-    model = _built(cfg["seed"], lambda: nets.DigitsClassifier(width=cfg["width"], features=cfg["features"]))
-    model.to(runtime.device())
-    result = train_classifier(model, images[train_idx], labels[train_idx], cfg["steps"],
-                              batch_size=cfg["batch_size"], lr=cfg["lr"], shift=cfg["shift"], ema=cfg["ema"],
-                              generator=torch.Generator().manual_seed(cfg["seed"]), progress=progress)
-    out = result.ema_model
-    out.metrics = {"final_loss": sum(result.losses[-200:]) / len(result.losses[-200:]),
-                   "train_accuracy": accuracy(out, images[train_idx], labels[train_idx]),
-                   "heldout_accuracy": accuracy(out, images[test_idx], labels[test_idx]) if len(test_idx) else None,
-                   "n_train": len(train_idx), "n_heldout": len(test_idx)}
-    out.config = cfg
-    return out
-
-
-#: the zoo's recipes: ``RECIPES[name](config=None, progress=True)`` -> the trained EMA model, with
-#: ``.config`` (the full config used) and ``.metrics`` (final loss, accuracies) attached
-RECIPES = {f.__name__: f for f in (digits_unet, digits_unet_cond, digits_resnet, digits_classifier, ring_mlp)}
-
-#: Chapter 4: a U-Net trained with *likelihood weighting* on the classifier's training split only, so that the
-#: 297 held-out digits measure a likelihood the model never saw. The ε target with log-uniform σ weights the
-#: x0 error by σ⁻² · (1/σ) ∝ σ⁻³: the integrand of the continuous-time ELBO (Kingma et al. 2021).
-CONFIGS["digits_unet_lik"] = dict(seed=0, steps=4000, batch_size=128, lr=2e-3, ema=0.999, target="eps",
-                                  sigma_data=0.5, base=16, mults=[1, 2, 2], blocks=1, n_train=1500,
-                                  sigma_min=0.002, sigma_max=80.0)
-
-
-def digits_unet_lik(config=None, progress=True):
-    """U-Net denoiser (the architecture of ``digits_unet``) trained with the ELBO's σ⁻³ weighting
-    (ε target, log-uniform σ on ``[sigma_min, sigma_max]``) on the first ``n_train`` digits of
-    :func:`digits_split`; the rest are held out for Chapter 4's bits per dimension."""
-    from . import data as _data
-
-    cfg = _config("digits_unet_lik", config)
-    images, _ = _data.digits()
-    train_idx, _ = digits_split(cfg["n_train"])
-    return _fit_denoiser(cfg, images[train_idx], _unet, progress=progress, sigma_sampler="loguniform",
-                         sigma_min=cfg["sigma_min"], sigma_max=cfg["sigma_max"])
-
-
-RECIPES["digits_unet_lik"] = digits_unet_lik
-
-
-# ----------------------------------------------------------------------------------------------
-# 16×16 digits and a zero-padded ResNet on them (Chapter 6: ELS vs LS at a larger image size)
-# ----------------------------------------------------------------------------------------------
-
-CONFIGS["digits16_resnet"] = dict(seed=0, steps=2000, batch_size=64, lr=2e-3, ema=0.999, target="v",
-                                  sigma_data=0.5, width=32, depth=5, kernel=3, size=16, n_train=200)
-
-
-def digits16(size: int = 16, n_train: int = 200):
-    """The first ``n_train`` scikit-learn digits upsampled bilinearly to ``size × size``: ``(images, labels)``.
-
-    ``F.interpolate(images, size, mode="bilinear", align_corners=False)`` of the 8×8 digits in
-    [-1, 1] (a convex combination of pixels, so the values stay in [-1, 1]).
-    """
-    from . import data as _data
-
-    size, n_train = check_positive_int(size, "size"), check_positive_int(n_train, "n_train")
-    images, labels = _data.digits()
-    if n_train > images.shape[0]:
-        raise ValueError(f"n_train must be at most {images.shape[0]}, got {n_train}")
-    images = F.interpolate(images[:n_train], size=(size, size), mode="bilinear", align_corners=False)
-    return images, labels[:n_train]
-
-
-def digits16_resnet(config=None, progress=True):
-    """Unconditional zero-padded ResNet on :func:`digits16` (receptive field 11×11 by default:
-    ``depth=5``, ``kernel=3``); v-target, σ_data = 0.5, log-normal σ."""
-    cfg = _config("digits16_resnet", config)
-    images, _ = digits16(cfg["size"], cfg["n_train"])
-    return _fit_denoiser(cfg, images, _resnet, progress=progress)
-
-
-RECIPES["digits16_resnet"] = digits16_resnet
-
-
-CONFIGS["patches_unet"] = dict(seed=0, steps=8000, batch_size=128, lr=2e-3, ema=0.999, target="v", sigma_data=0.4,
-                               base=16, mults=[1, 2, 2], blocks=1, n_train=20000)
-
-
-def patches_unet(config=None, progress=True):
-    """Unconditional U-Net denoiser (the digits architecture) on ``n_train`` 8×8 grey patches of
-    scikit-image's photographs (:func:`companion.data.patches`, ``split="train"``; v-target, σ_data = 0.4)."""
-    from . import data as _data
-
-    cfg = _config("patches_unet", config)
-    images = _data.patches(cfg["n_train"], seed=cfg["seed"])
-    return _fit_denoiser(cfg, images, _unet, progress=progress)
-
-
-RECIPES["patches_unet"] = patches_unet
 
 
 def save(model, path, recipe: str, config: dict, metrics: dict | None = None) -> Path:
@@ -575,6 +369,9 @@ def _atomic_save(obj, path: Path) -> Path:
 
 
 def _resolve(name_or_path):
+    # imported here, not at the top: companion.recipes imports this module (its machinery)
+    from .recipes import RECIPES
+
     name = str(name_or_path)
     if name in RECIPES:
         return CHECKPOINT_DIR / f"{name}.pt", name
@@ -585,7 +382,8 @@ def _resolve(name_or_path):
 
 
 def load(name_or_path, device=None):
-    """A trained model from the zoo (``"digits_unet"``, ...) or from a file written by :func:`save`.
+    """A trained model from the zoo (a name of :data:`companion.recipes.RECIPES`, e.g. ``"digits_unet"``)
+    or from a file written by :func:`save`.
 
     The file is read with ``torch.load(..., weights_only=True)``, the architecture is rebuilt from its
     stored spec, and the model is returned in eval mode with gradients off, on ``device`` (default:
@@ -597,7 +395,7 @@ def load(name_or_path, device=None):
     path, name = _resolve(name_or_path)
     if not path.exists():
         recipe = name or "<recipe>"
-        raise FileNotFoundError(f"no checkpoint at {path}; make it with `python -m companion.training {recipe}`"
+        raise FileNotFoundError(f"no checkpoint at {path}; make it with `python -m companion.recipes {recipe}`"
                                 + ("" if name else f" --out {path}"))
     payload = torch.load(path, map_location="cpu", weights_only=True)
     model = nets.build(payload["architecture"])
@@ -607,31 +405,7 @@ def load(name_or_path, device=None):
     return model
 
 
-def main(argv=None):
-    """Command line: ``python -m companion.training RECIPE [--steps N] [--out PATH] [--quiet]``."""
-    parser = argparse.ArgumentParser(prog="python -m companion.training",
-                                     description="Train a checkpoint of the companion's zoo.")
-    parser.add_argument("recipe", choices=sorted(RECIPES))
-    parser.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
-    parser.add_argument("--out", default=None, help="output file (default companion/checkpoints/RECIPE.pt)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    config = {} if args.steps is None else {"steps": args.steps}
-    start = time.time()
-    model = RECIPES[args.recipe](config, progress=not args.quiet)
-    out = save(model, args.out or CHECKPOINT_DIR / f"{args.recipe}.pt", args.recipe, model.config)
-    print(f"{args.recipe}: {time.time() - start:.0f} s, metrics {model.metrics}, "
-          f"{out.stat().st_size / 1e6:.2f} MB -> {out}")
-    return out
+if __name__ == "__main__":  # the command's former name, kept as an alias of companion.recipes
+    from companion.recipes import main
 
-
-# Chapter 7's zoo (blind bias-free U-Nets) lives in companion/gahb.py
-from . import gahb as _gahb  # noqa: E402
-
-RECIPES.update(_gahb.RECIPES)
-CONFIGS.update(_gahb.CONFIGS)
-
-
-if __name__ == "__main__":  # pragma: no cover
     main(sys.argv[1:])
-

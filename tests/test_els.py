@@ -396,9 +396,9 @@ def test_bank_is_sorted_by_a_unit_projection_and_keeps_counts():
 
 def _real_digits(size):
     """A few scikit-learn digits (8x8) or their 16x16 upsampling (float64): real patch statistics."""
-    from companion import data as cp_data, training
+    from companion import data as cp_data, recipes
 
-    imgs = cp_data.digits()[0][:150] if size == 8 else training.digits16(16, 40)[0]
+    imgs = cp_data.digits()[0][:150] if size == 8 else recipes.digits16(16, 40)[0]
     return imgs.double()
 
 

@@ -200,7 +200,7 @@ NEW_MISTAKES = {  # name: (checker, wrong answer, words the diagnosis must conta
     "ch1 stds added": (cp.exercises.check_vp_mixture_log_prob,
                        lambda *a: mixture_log_prob(*a, var_kind="s(tau+sig)"), "instead of variances"),
     "ch1 no D in the normaliser": (cp.exercises.check_vp_mixture_log_prob,
-                                   lambda *a: mixture_log_prob(*a, dim_in_norm=False), "lacks the factor D"),
+                                   lambda *a: mixture_log_prob(*a, dim_in_norm=False), "lacks the factor d"),
     "ch1 weights missing": (cp.exercises.check_vp_mixture_log_prob,
                             lambda *a: mixture_log_prob(*a, use_weights=False), "weights are missing"),
     "ch1 log(sum(exp))": (cp.exercises.check_vp_mixture_log_prob,
@@ -380,7 +380,7 @@ def _smoothed_distance(x, data, sigma, slip=""):
 
 SECOND_EXERCISES = {  # checker: (answer, {slip: words the message must contain})
     "check_log_density_step_family": (_family_step, {
-        "ito": "Itô correction has the wrong sign", "norm sign": "‖s‖² term has the wrong sign",
+        "ito": "Itô correction has the wrong sign", "norm sign": "‖score‖² term has the wrong sign",
         "axis": "not the batch size", "zeta squared": "not its square"}),
     "check_circular_els": (_els, {
         "zero padding": "zero padding", "sigma": "σ where σ² belongs", "no half": "factor 2 in the exponent",

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from companion import data, gahb, jacobian as jac, nets, training
+from companion import data, gahb, jacobian as jac, nets, recipes, training
 from companion.denoisers import IdealDenoiser
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -235,7 +235,7 @@ TINY = dict(steps=2, batch_size=4, base=2, levels=2, convs=1, size=8)
 
 @pytest.mark.parametrize("name", ["gahb_calpha2_n10000_b", "gahb_calpha1", "gahb_disks"])
 def test_recipes_run_for_a_few_steps(name, tmp_path):
-    out = training.main([name, "--steps", "2", "--out", str(tmp_path / "m.pt"), "--quiet"])
+    out = recipes.main([name, "--steps", "2", "--out", str(tmp_path / "m.pt"), "--quiet"])
     loaded = training.load(out, device="cpu")
     assert isinstance(loaded, nets.BiasFreeUNet) and loaded.checkpoint["recipe"] == name
     model = gahb.train_recipe(name, TINY, progress=False)
@@ -263,12 +263,12 @@ def test_a_recipe_resumes_from_its_saved_state(tmp_path):
 
 
 def test_every_gahb_recipe_is_registered_and_shipped():
-    assert set(gahb.RECIPES) <= set(training.RECIPES)
+    assert set(gahb.RECIPES) <= set(recipes.RECIPES)
     sizes = [(training.CHECKPOINT_DIR / f"{name}.pt").stat().st_size for name in gahb.RECIPES]
     assert max(sizes) <= 2_000_000 and sum(sizes) <= 10_000_000
     for name in gahb.RECIPES:
         raw = torch.load(training.CHECKPOINT_DIR / f"{name}.pt", weights_only=True)
-        assert raw["config"] == training.CONFIGS[name]
+        assert raw["config"] == recipes.CONFIGS[name]
 
 
 def test_psnr_slope_of_known_denoisers():

@@ -204,6 +204,8 @@ def test_bad_inputs_name_the_argument():
         L.elbo(ring.denoise, x, 0.0, 1.0)
     with pytest.raises(ValueError, match="sigma_min"):
         L.kl_bound(ring.denoise, ring.denoise, x, 1.0, 1.0)
+    with pytest.raises(ValueError, match="sigma_max must be a finite number"):
+        L.elbo(ring.denoise, x, 0.1, float("inf"))
     with pytest.raises(ValueError, match="x0 must be finite"):
         L.elbo(ring.denoise, torch.full((2, 2), float("nan")), 0.1, 1.0)
     with pytest.raises(ValueError, match="x must be finite"):
@@ -261,7 +263,7 @@ def test_network_path_runs_on_the_device_of_its_input():
 
 
 def test_recipe_digits_unet_lik_runs(tmp_path):
-    model = cp.training.RECIPES["digits_unet_lik"]({"steps": 2, "batch_size": 8, "base": 8, "mults": [1, 2]}, progress=False)
+    model = cp.recipes.RECIPES["digits_unet_lik"]({"steps": 2, "batch_size": 8, "base": 8, "mults": [1, 2]}, progress=False)
     path = cp.training.save(model, tmp_path / "m.pt", "digits_unet_lik", model.config)
     loaded = cp.training.load(path, device="cpu")
     assert loaded.target == "eps" and model.metrics["n_train"] == 1500

@@ -109,10 +109,10 @@ def test_metrics_bad_inputs():
 # ----------------------------------------------------------------------- digits (need the checkpoint)
 @pytest.fixture(scope="module")
 def digits():
-    from companion import data, training
+    from companion import data, recipes
 
     images, labels = data.digits()
-    train_idx, held_idx = training.digits_split()
+    train_idx, held_idx = recipes.digits_split()
     return images, labels, train_idx, held_idx
 
 

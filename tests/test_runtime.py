@@ -113,7 +113,12 @@ def test_full_profile_line_reads_the_benchmark_table():
     assert set(table) == {p.stem for p in book.glob("[0-9][0-9]_*.md")}   # every chapter
     for chapter, row in table.items():
         line = cp.runtime.full_profile_line(chapter)
-        assert line.startswith("full profile:") and row["t4_how"].split()[-1] in line, line
+        assert line.startswith("full profile:"), line
+        mem, cpu, t4 = cp.runtime._cost(row)
+        flat = " ".join(line.split())
+        assert mem in flat and cpu in flat, line
+        if row["kind"] != "notebook":
+            assert t4 in flat and row["t4_how"].split()[-1] in flat, line
         assert all(len(part) <= 86 for part in line.splitlines())
         if "peak_gb" in row:
             assert f"{row['peak_gb']:.1f} GB" in line
@@ -124,6 +129,18 @@ def test_full_profile_line_reads_the_benchmark_table():
     assert "not measured" in cp.runtime.full_profile_line("99_nope")
     with pytest.raises(TypeError, match="chapter"):
         cp.runtime.full_profile_line(6)
+
+
+def test_a_full_profile_over_15_minutes_on_a_t4_is_opt_in():
+    """Issue 16's rule: a chapter whose full profile is not known to finish within 15 minutes on a
+    free Colab T4 runs it only when asked for (``choose(..., opt_in=...)``)."""
+    from pathlib import Path
+
+    book = Path(__file__).resolve().parents[1] / "book"
+    for chapter, row in cp.runtime.full_profile().items():
+        source = (book / f"{chapter}.md").read_text()
+        too_long = row["t4_s"] > 15 * 60 or not row["finished"] or "error" in row
+        assert too_long == ("opt_in=" in source), (chapter, row["t4_s"], row["finished"])
 
 
 def test_table_renders_a_markdown_table():

@@ -1,4 +1,4 @@
-"""Tests of companion.training: the DSM loss and loop, recipes, save/load of the checkpoint zoo."""
+"""Tests of companion.training: the DSM loss and loop, save/load of checkpoints (recipes: test_recipes.py)."""
 import math
 import os
 
@@ -120,59 +120,8 @@ def test_bad_inputs():
         training.train(D, data, 1, label_dropout=1.5, progress=False)
     with pytest.raises(TypeError, match="Denoiser"):
         training.train(nets.MLP(), data, 1, progress=False)
-    with pytest.raises(ValueError, match="config"):
-        training.RECIPES["digits_unet"]({"stepz": 2})
     with pytest.raises(ValueError, match="labels are required"):
         training.train_classifier(nets.DigitsClassifier(), torch.zeros(4, 1, 8, 8), None, 1, progress=False)
-
-
-TINY = {
-    "digits_unet": dict(steps=2, batch_size=8, base=8, mults=[1, 2]),
-    "digits_unet_cond": dict(steps=2, batch_size=8, base=8, mults=[1, 2]),
-    "digits_resnet": dict(steps=2, batch_size=8, width=8, depth=2),
-    "digits_classifier": dict(steps=2, batch_size=8, width=4, features=8),
-    "ring_mlp": dict(steps=2, batch_size=8, hidden=8, depth=1, n_data=64),
-    "digits_unet_lik": dict(steps=2, batch_size=8, base=8, mults=[1, 2]),
-    "patches_unet": dict(steps=2, batch_size=8, base=8, mults=[1, 2], n_train=64),
-    "digits16_resnet": dict(steps=2, batch_size=8, width=8, depth=2, n_train=16),
-}
-TINY.update({name: dict(steps=2, batch_size=4, base=2, levels=2, convs=1, size=8)  # Chapter 7's zoo
-             for name in training.RECIPES if name.startswith("gahb_")})
-
-
-def test_every_recipe_has_a_tiny_config():
-    assert set(TINY) == set(training.RECIPES) == set(training.CONFIGS)
-
-
-@pytest.mark.parametrize("name", sorted(TINY))
-def test_recipe_runs_saves_and_reloads(name, tmp_path):
-    model = training.RECIPES[name](TINY[name], progress=False)
-    path = training.save(model, tmp_path / f"{name}.pt", name, model.config)
-    raw = torch.load(path, weights_only=True)
-    assert raw["recipe"] == name and raw["config"]["steps"] == 2 and "final_loss" in raw["metrics"]
-    from companion import __version__
-    assert raw["version"] == __version__
-    loaded = training.load(path, device="cpu")
-    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
-    assert loaded.checkpoint["recipe"] == name
-    x = torch.randn(4, 1, 8, 8)
-    model = model.cpu()
-    with torch.no_grad():
-        if name == "ring_mlp":
-            x = torch.randn(4, 2)
-            torch.testing.assert_close(loaded(x, 0.7), model(x, 0.7))
-        elif name == "digits_classifier":
-            torch.testing.assert_close(loaded(x), model(x))
-            torch.testing.assert_close(loaded.features(x), model.features(x))
-        else:
-            labels = torch.tensor([0, 1, 2, 10]) if name == "digits_unet_cond" else None
-            torch.testing.assert_close(loaded(x, 0.7, labels), model(x, 0.7, labels))
-
-
-def test_command_line(tmp_path, capsys):
-    out = training.main(["digits_classifier", "--steps", "2", "--out", str(tmp_path / "c.pt"), "--quiet"])
-    assert out.exists() and "digits_classifier" in capsys.readouterr().out
-    assert torch.load(out, weights_only=True)["config"]["steps"] == 2
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
@@ -198,30 +147,10 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 
 def test_load_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "CHECKPOINT_DIR", tmp_path)
-    with pytest.raises(FileNotFoundError, match="python -m companion.training digits_unet"):
+    with pytest.raises(FileNotFoundError, match="python -m companion.recipes digits_unet"):
         training.load("digits_unet")
     with pytest.raises(ValueError, match="name_or_path"):
         training.load("no_such_model")
-
-
-def test_shipped_checkpoints_are_small_and_load_safely():
-    sizes = {name: (training.CHECKPOINT_DIR / f"{name}.pt").stat().st_size for name in training.RECIPES}
-    assert all(s <= 2_000_000 for s in sizes.values()), sizes
-    assert sum(sizes.values()) <= 20_000_000
-    for name in training.RECIPES:
-        raw = torch.load(training.CHECKPOINT_DIR / f"{name}.pt", weights_only=True)
-        assert raw["recipe"] == name and set(raw["config"]) == set(training.CONFIGS[name])
-
-
-def test_shipped_classifier_accuracy_on_the_held_out_digits():
-    from companion import data
-
-    clf = training.load("digits_classifier", device="cpu")
-    images, labels = data.digits()
-    _, held_out = training.digits_split()
-    acc = training.accuracy(clf, images[held_out], labels[held_out])
-    assert acc >= 0.95
-    assert acc == pytest.approx(clf.checkpoint["metrics"]["heldout_accuracy"])
 
 
 @pytest.mark.parametrize("weight", TARGETS)
@@ -240,21 +169,6 @@ def test_dsm_loss_weight_of_another_target(weight):
         assert not torch.allclose(training.dsm_loss(D, x0, sigma, eps, weight=weight), training.dsm_loss(D, x0, sigma, eps))
     with pytest.raises(ValueError, match="weight"):
         training.train(D, x0, steps=1, weight="velocity", progress=False)
-
-
-def test_digits16_are_the_upsampled_first_digits():
-    from companion import data
-
-    imgs, labels = training.digits16(16, 10)
-    small, small_labels = data.digits()
-    assert imgs.shape == (10, 1, 16, 16) and torch.equal(labels, small_labels[:10])
-    assert imgs.min() >= -1 and imgs.max() <= 1
-    # bilinear upsampling by 2 (align_corners=False): interior pixels mix the 2×2 nearest with weights 9/16, 3/16, 1/16
-    x = small[:10]
-    want = (9 * x[..., 1, 1] + 3 * x[..., 1, 2] + 3 * x[..., 2, 1] + x[..., 2, 2]) / 16
-    torch.testing.assert_close(imgs[..., 3, 3], want)
-    with pytest.raises(ValueError, match="n_train"):
-        training.digits16(16, 5000)
 
 
 def test_train_resumes_from_its_saved_state(tmp_path):

@@ -47,7 +47,7 @@ def _as_tuple(out) -> tuple:
 def describe(v) -> str:
     """A short readable summary of an argument: numbers with 4 digits, tensors by shape/dtype/range."""
     if isinstance(v, torch.Tensor):
-        if v.numel() <= 4:
+        if v.numel() <= 4 and v.dim() <= 1:  # a matrix keeps its shape
             vals = ", ".join(f"{x:.4g}" for x in v.detach().reshape(-1).tolist())
             return f"[{vals}]" if v.dim() else vals
         dtype = str(v.dtype).replace("torch.", "")

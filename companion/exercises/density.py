@@ -20,6 +20,23 @@ def _reference(log_p, score, dw, f, g, dt):
     return log_p + log_density_increment(score, dw, f, g, dt)
 
 
+def _step_written(log_p, score, dw, f, g, dt, dt_sign=1.0, norm=1.0, noise=1.0):
+    """The λ = 1 step written out; the keywords make the typical slips (defaults: the reference)."""
+    d = score.shape[1]
+    drift = -f * d - norm * 0.5 * g**2 * (score**2).sum(1)
+    return log_p + drift * dt_sign * dt + noise * g * (score * dw).sum(1)
+
+
+_STEP_MISTAKES = [
+    ("the drift is multiplied by |Δt|: sampling runs from t = 1 down to 0, so dt < 0 and the drift term is "
+     "(−f d − ½ g² ‖score‖²) dt with that negative dt.", lambda *a: _step_written(*a, dt_sign=-1.0)),
+    ("the ‖score‖² term has the wrong sign: with λ = 1 the rate is −f d − ½ g² ‖score‖².",
+     lambda *a: _step_written(*a, norm=-1.0)),
+    ("the noise term has the wrong sign: it is + g score·dw, with the same dw that moves x.",
+     lambda *a: _step_written(*a, noise=-1.0)),
+]
+
+
 def check_log_density_step(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) -> Verdict:
     r"""Check ``fn(log_p, score, dw, f, g, dt) -> log_p_next``: one Euler–Maruyama step of the log-density
     along the reverse SDE (Karczewski et al. 2025),
@@ -40,7 +57,7 @@ def check_log_density_step(fn, n_cases: int = 6, seed: int = 0, quiet: bool = Fa
                 -float(torch.rand((), generator=g)) * 5, 0.5 + 3 * float(torch.rand((), generator=g)), dt)
         cases.append((args, {}))
     return compare(fn, _reference, cases, rtol=1e-8, atol=1e-8, name="log-density step", quiet=quiet,
-                   forbid=_FORBID, forbid_source=_FORBID_SOURCE)
+                   forbid=_FORBID, forbid_source=_FORBID_SOURCE, mistakes=_STEP_MISTAKES)
 
 
 def _family_reference(log_p, score, div, dw, f, g, dt, a, zeta):
@@ -49,19 +66,24 @@ def _family_reference(log_p, score, div, dw, f, g, dt, a, zeta):
     return log_p + log_density_increment(score, dw, f, g, dt, lam=lam, noise=zeta, div=div)
 
 
-def _family_step(log_p, score, div, dw, f, g, dt, a, zeta, ito=-1.0, norm=1.0, d_axis=1, noise_power=1):
+def _family_step(log_p, score, div, dw, f, g, dt, a, zeta, ito=-1.0, norm=1.0, d_axis=1, noise_power=1,
+                 div_term=1.0):
     """The step written out, with switches that reproduce the typical slips (defaults: right)."""
     d = score.shape[d_axis]
-    drift = -f * d + 0.5 * (1 + ito * zeta**2) * g**2 * div + norm * (0.5 - a) * g**2 * (score**2).sum(1)
+    drift = (-f * d + div_term * 0.5 * (1 + ito * zeta**2) * g**2 * div
+             + norm * (0.5 - a) * g**2 * (score**2).sum(1))
     return log_p + drift * dt + zeta**noise_power * g * (score * dw).sum(1)
 
 
 _FAMILY_MISTAKES = [
     ("the Itô correction has the wrong sign: the divergence enters with ½(1 − ζ²) g² in reverse time "
      "(½(1 + ζ²) is the forward-time formula).", lambda *a: _family_step(*a, ito=1.0)),
-    ("the ‖s‖² term has the wrong sign: its coefficient is (½ − a) g².", lambda *a: _family_step(*a, norm=-1.0)),
+    ("the ‖score‖² term has the wrong sign: its coefficient is (½ − a) g².",
+     lambda *a: _family_step(*a, norm=-1.0)),
+    ("the divergence term is missing: it is ½(1 − ζ²) g² div, which vanishes only for ζ = 1.",
+     lambda *a: _family_step(*a, div_term=0.0)),
     ("d in −f d is the dimension (score.shape[1]), not the batch size.", lambda *a: _family_step(*a, d_axis=0)),
-    ("the noise term is ζ g s·dw (the noise scale ζ, not its square).",
+    ("the noise term is ζ g score·dw (the noise scale ζ, not its square).",
      lambda *a: _family_step(*a, noise_power=2)),
 ]
 

@@ -11,6 +11,23 @@ from .core import Verdict, compare
 __all__ = ["check_local_weights", "check_circular_els"]
 
 
+def _local_written(x, data, sigma, k, mean=False, channels=True):
+    """The LS weights written out (a box sum of squared differences); the keywords make the typical slips."""
+    sq = (x[:, None] - data[None]) ** 2                                          # (B, K, C, H, W)
+    sq = sq.sum(2) if channels else sq[:, :, 0]                                  # (B, K, H, W)
+    box = torch.ones(1, 1, k, k, dtype=sq.dtype) / (k * k if mean else 1)
+    d2 = F.conv2d(sq.flatten(0, 1)[:, None], box, padding=k // 2).reshape(sq.shape)
+    return torch.softmax(-d2 / (2 * sigma**2), dim=1)
+
+
+_LOCAL_MISTAKES = [
+    ("a mean over the patch (e.g. avg_pool2d): the squared distance of two patches is the *sum* of the "
+     "per-pixel squared differences (a box filter of ones).", lambda *a: _local_written(*a, mean=True)),
+    ("the distance uses one channel only: sum the squared differences over the channels too.",
+     lambda *a: _local_written(*a, channels=False)),
+]
+
+
 def check_local_weights(fn, n_cases: int = 5, seed: int = 0, quiet: bool = False) -> Verdict:
     r"""Check ``fn(x, data, sigma, patch_size) -> w``: the local-score (LS) machine's Bayes weights.
 
@@ -31,7 +48,8 @@ def check_local_weights(fn, n_cases: int = 5, seed: int = 0, quiet: bool = False
         k = (1, 3, 5, 3, 5)[c % 5]
         cases.append(((x, data, sigma, k), {}))
     return compare(fn, local_weights, cases, rtol=1e-6, atol=1e-9, name="local Bayes weights", quiet=quiet,
-                   forbid=[(els, "local_weights")], forbid_source=[r"\bels\.\w+", r"import\s+local_weights"])
+                   forbid=[(els, "local_weights")], forbid_source=[r"\bels\.\w+", r"import\s+local_weights"],
+                   mistakes=_LOCAL_MISTAKES)
 
 
 def _els_reference(x, data, sigma, patch_size):

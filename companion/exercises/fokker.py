@@ -17,6 +17,21 @@ def _reference(x, t, process, score, lam):
     return float(process.f(t)) * x - 0.5 * (1 + lam**2) * float(process.g(t)) ** 2 * score(x, t)
 
 
+def _drift(x, t, process, score, lam, lam_sign=1.0, score_sign=1.0, g_power=2):
+    """The drift written out; the keywords make the typical slips (defaults: the reference)."""
+    g2 = float(process.g(t)) ** g_power
+    return float(process.f(t)) * x - score_sign * 0.5 * (1 + lam_sign * lam**2) * g2 * score(x, t)
+
+
+_DRIFT_MISTAKES = [
+    ("½(1 − λ²) belongs to the forward-time family; run backwards the score term is ½(1 + λ²) g² ∇log p_t.",
+     lambda *a: _drift(*a, lam_sign=-1.0)),
+    ("the score term has the wrong sign: b = f x − ½(1 + λ²) g² ∇log p_t.",
+     lambda *a: _drift(*a, score_sign=-1.0)),
+    ("g is not squared: the score term is ½(1 + λ²) g(t)² ∇log p_t.", lambda *a: _drift(*a, g_power=1)),
+]
+
+
 def check_reverse_drift(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) -> Verdict:
     r"""Check ``fn(x, t, process, score, lam) -> drift``: the drift of the reverse-time λ-family
 
@@ -36,7 +51,8 @@ def check_reverse_drift(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False
         x = float(process.std(t)) * torch.randn(5, 2, generator=g, dtype=torch.float64)
         lam = (0.0, 0.5, 1.0)[i % 3]
         cases.append(((x, t, process, mixture_score(gmm, process), lam), {}))
-    return compare(fn, _reference, cases, rtol=1e-5, atol=1e-6, name="reverse-time drift", quiet=quiet)
+    return compare(fn, _reference, cases, rtol=1e-5, atol=1e-6, name="reverse-time drift", quiet=quiet,
+                   mistakes=_DRIFT_MISTAKES)
 
 
 def _sampler_reference(score, process, x1, n_steps, lam, seed):

@@ -66,7 +66,8 @@ _MIXTURE_MISTAKES = [
      lambda *a: _mixture_written(*a, width="tau2+s2sigma2")),
     ("standard deviations added instead of variances: the std is s(t) √(τ_j² + σ(t)²).",
      lambda *a: _mixture_written(*a, width="s(tau+sigma)")),
-    ("the normaliser of a D-dimensional Gaussian is −(D/2) log(2π v_j); yours lacks the factor D.",
+    ("the normaliser of a d-dimensional Gaussian is −(d/2) log(2π v_j), d = x.shape[1]; yours lacks the "
+     "factor d.",
      lambda *a: _mixture_written(*a, norm_dim=False)),
     ("the weights are missing: log p_t = logsumexp_j (log w_j + log N(x; s μ_j, v_j I)).",
      lambda x, t, m, s, w, *b: _mixture_written(x, t, m, s, torch.ones_like(w), *b)),

@@ -23,6 +23,21 @@ def _reference(data, y, sigma):
     return ideal_jacobian(IdealDenoiser(data), y, sigma)
 
 
+def _ideal_written(data, y, sigma, sigma_power=2, centred=True):
+    """Σ_i π_i (x_i − m)(x_i − m)ᵀ / σ² written out; the keywords make the typical slips."""
+    w = torch.softmax(-torch.cdist(y, data) ** 2 / (2 * sigma**2), dim=1)                # (B, M)
+    dev = data[None] - ((w @ data)[:, None] if centred else 0)                           # (B, M, D)
+    return torch.einsum("bm,bmi,bmj->bij", w, dev, dev) / sigma**sigma_power
+
+
+_IDEAL_MISTAKES = [
+    ("divided by σ instead of σ²: J = Cov[x | y]/σ² (a variance, not a standard deviation).",
+     lambda *a: _ideal_written(*a, sigma_power=1)),
+    ("the second moment Σ_i π_i x_i x_iᵀ is not the covariance: subtract the posterior mean m = Σ_i π_i x_i "
+     "(use x_i − m).", lambda *a: _ideal_written(*a, centred=False)),
+]
+
+
 def check_ideal_jacobian(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) -> Verdict:
     """Check ``fn(data, y, sigma) -> J`` ``(B, D, D)``: the Jacobian of the ideal denoiser of ``data`` ``(M, D)``.
 
@@ -42,7 +57,7 @@ def check_ideal_jacobian(fn, n_cases: int = 6, seed: int = 0, quiet: bool = Fals
             y = y + 0.2
         cases.append(((data, y, sigma), {}))
     return compare(fn, _reference, cases, rtol=1e-6, atol=1e-9, name="ideal Jacobian", quiet=quiet,
-                   forbid=_FORBID, forbid_source=_FORBID_SOURCE)
+                   forbid=_FORBID, forbid_source=_FORBID_SOURCE, mistakes=_IDEAL_MISTAKES)
 
 
 def _mixture_reference(means, stds, weights, y, sigma):

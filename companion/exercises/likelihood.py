@@ -30,6 +30,19 @@ def _rowwise_map(shape, generator):
     return f
 
 
+def _sum_of_partials(f, x):
+    """A typical slip: Σ_ij ∂f_i/∂x_j (the gradient of the summed output) instead of the trace Σ_i ∂f_i/∂x_i."""
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(x).sum(), x)
+    return grad.flatten(1).sum(1)
+
+
+_DIVERGENCE_MISTAKES = [
+    ("the gradient of the summed output gives Σ_ij ∂f_i/∂x_j, every entry of the Jacobian; the divergence is "
+     "the trace Σ_i ∂f_i/∂x_i (one gradient per output coordinate i, keep its coordinate i).", _sum_of_partials),
+]
+
+
 def check_divergence(fn, n_cases: int = 5, seed: int = 0, quiet: bool = False) -> Verdict:
     """Check ``fn(f, x) -> (B,)``, the exact divergence ``tr ∂f/∂x`` of a row-wise map at each of the B
     elements of ``x`` (points ``(B, d)`` or images ``(B, C, H, W)``, float64). Reference:
@@ -45,19 +58,20 @@ def check_divergence(fn, n_cases: int = 5, seed: int = 0, quiet: bool = False) -
         x = torch.randn(2 + i, *shape, generator=g, dtype=torch.float64)
         cases.append(((_rowwise_map(shape, g), x), {}))
     return compare(fn, exact_divergence, cases, rtol=1e-7, atol=1e-9, name="divergence", quiet=quiet,
-                   forbid=_FORBID, forbid_source=_FORBID_SOURCE)
+                   forbid=_FORBID, forbid_source=_FORBID_SOURCE, mistakes=_DIVERGENCE_MISTAKES)
 
 
 def _ode_reference(D, x, sigma_min, sigma_max, steps):
     return pf_ode_log_likelihood(D, x, sigma_min, sigma_max, steps=steps, method="euler").log_prob
 
 
-def _ode(D, x, sigma_min, sigma_max, steps, div_sign=1.0, div_of_b=True, prior_norm=True, prior_var_sq=True):
+def _ode(D, x, sigma_min, sigma_max, steps, div_sign=1.0, div_of_b=True, prior_norm=True, prior_var_sq=True,
+         at_end=False):
     """Euler in log σ written out (exact divergence); the keywords make the typical mistakes."""
     d, h = x[0].numel(), (math.log(sigma_max) - math.log(sigma_min)) / steps
     y, ell = x.detach(), torch.zeros(x.shape[0], dtype=x.dtype)
     for k in range(steps):
-        sigma = math.exp(math.log(sigma_min) + k * h)
+        sigma = math.exp(math.log(sigma_min) + (k + at_end) * h)
         tr_D = exact_divergence(lambda z: D(z, sigma), y)
         ell = ell + h * ((d - tr_D) if div_of_b else tr_D)
         y = y + h * (y - D(y, sigma))
@@ -75,6 +89,8 @@ _ODE_MISTAKES = [
      lambda *a: _ode(*a, prior_norm=False)),
     ("the prior N(0, σ_max² I) has variance σ_max², not σ_max.",
      lambda *a: _ode(*a, prior_var_sq=False)),
+    ("Euler evaluates D (for the velocity and its divergence) at the start σ_k = σ_min e^(kh) of each step; "
+     "yours uses the end σ_(k+1).", lambda *a: _ode(*a, at_end=True)),
 ]
 
 

@@ -69,6 +69,27 @@ def _ddpm_reference(x, x0_hat, sigma, sigma_next, z):
     return step(x, (x - x0_hat) / sigma, sigma, sigma_next, mu=0.5, z=z)
 
 
+def _ddpm_written(x, x0_hat, sigma, sigma_next, z, ratio=2, noise="posterior"):
+    """The DDPM draw written out; the keywords make the typical slips (defaults: the reference)."""
+    r = (sigma_next / sigma) ** ratio
+    std = {"posterior": sigma_next * (1 - (sigma_next / sigma) ** 2) ** 0.5,
+           "variance": sigma_next**2 * (1 - (sigma_next / sigma) ** 2),
+           "forward": (sigma**2 - sigma_next**2) ** 0.5, "sigma_next": sigma_next}[noise]
+    return x0_hat + r * (x - x0_hat) + std * z
+
+
+_DDPM_MISTAKES = [
+    ("the mean uses DDIM's ratio σ'/σ; the DDPM posterior mean is x0_hat + (σ'²/σ²)(x − x0_hat).",
+     lambda *a: _ddpm_written(*a, ratio=1)),
+    ("a variance used as a standard deviation: the noise is σ' √(1 − σ'²/σ²) z (the square root of "
+     "the posterior variance).", lambda *a: _ddpm_written(*a, noise="variance")),
+    ("the noise of the forward increment, √(σ² − σ'²) z: the posterior's standard deviation is "
+     "σ' √(1 − σ'²/σ²).", lambda *a: _ddpm_written(*a, noise="forward")),
+    ("the noise σ' z is that of a fresh draw at level σ'; the posterior's standard deviation is "
+     "σ' √(1 − σ'²/σ²).", lambda *a: _ddpm_written(*a, noise="sigma_next")),
+]
+
+
 def check_ddpm_step(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) -> Verdict:
     r"""Check ``fn(x, x0_hat, sigma, sigma_next, z) -> x_next``: a draw from the DDPM posterior.
 
@@ -83,7 +104,7 @@ def check_ddpm_step(fn, n_cases: int = 6, seed: int = 0, quiet: bool = False) ->
     cases = [((x * sigma, x0_hat, sigma, sigma_next, z), {})
              for x, x0_hat, z, sigma, sigma_next in _step_draws(n_cases, seed)]
     return compare(fn, _ddpm_reference, cases, rtol=1e-7, atol=1e-10, name="DDPM posterior step", quiet=quiet,
-                   forbid=[(samplers, "step")], forbid_source=[r"\bsamplers\.\w+"])
+                   forbid=[(samplers, "step")], forbid_source=[r"\bsamplers\.\w+"], mistakes=_DDPM_MISTAKES)
 
 
 def _mixture_denoiser(x, sigma, means, stds, weights):
@@ -108,7 +129,8 @@ _DENOISER_MISTAKES = [
      lambda *a: _denoiser_written(*a, resp_var="sigma2")),
     ("the shrinkage is upside down: given component j, E[x0 | x] = μ_j + τ_j²/(τ_j² + σ²) (x − μ_j).",
      lambda *a: _denoiser_written(*a, shrink="sigma2")),
-    ("the responsibilities miss the normaliser −(D/2) log(τ_j² + σ²), which matters when the τ_j differ.",
+    ("the responsibilities miss the normaliser −(d/2) log(τ_j² + σ²) (d = x.shape[1]), which matters when the "
+     "τ_j differ.",
      lambda *a: _denoiser_written(*a, log_det=False)),
     ("the weights are missing from the responsibilities: r_j ∝ w_j N(x; μ_j, (τ_j² + σ²) I).",
      lambda x, s, m, t, w: _denoiser_written(x, s, m, t, torch.full_like(w, 1 / len(w)))),
