@@ -546,8 +546,8 @@ def test_benchmark_baseline_is_the_plain_machine():
 
 
 def test_benchmark_needed_pairs_count():
-    # the benchmark's ceiling counts deduplicated (query, candidate) pairs with weight > tol·Z; count
-    # them here pixel by pixel: candidates with the query's padding mask, identical ones merged
+    # the benchmark's ceiling counts the deduplicated (query, candidate) pairs that no method exact to tol
+    # may skip (all but the lightest, whose weights sum to ≤ tol·Z); count them here pixel by pixel: candidates with the query's padding mask, identical ones merged
     import importlib.util
     from pathlib import Path
 
@@ -568,8 +568,13 @@ def test_benchmark_needed_pairs_count():
         for i in range(64):
             rows, counts = torch.unique(cand[(cmask == mask[i]).all(1)], dim=0, return_counts=True)
             logw = counts.double().log() - ((rows[:, :9] - q[i]) ** 2).sum(1) / (2 * 0.3**2)
+            w = sorted((logw - logw.logsumexp(0)).exp().tolist())    # lightest first
             for tol in need:
-                need[tol] += int((logw > logw.logsumexp(0) + math.log(tol)).sum())
+                skipped, mass = 0, 0.0
+                while skipped < len(w) and mass + w[skipped] <= tol:
+                    mass += w[skipped]
+                    skipped += 1
+                need[tol] += len(w) - skipped
             total += len(rows)
     got, got_total = bench.needed_pairs(x, bench.dedup_classes(x, data, 3), 0.3, 3, (1e-3, 1e-7))
     assert got == [need[1e-3], need[1e-7]] and got_total == total
