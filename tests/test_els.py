@@ -528,16 +528,22 @@ def test_bank_arguments():
         els.equivariant_local(data, 3, bank_min=0)
 
 
-def test_benchmark_baseline_is_the_plain_machine():
-    # benchmarks/els_speed.py times the machine against a batched evaluation written from the paper's
-    # equations; it must compute the same posterior means (else its speed-ups compare different things)
+@pytest.fixture(scope="module")
+def bench():
+    """benchmarks/els_speed.py, loaded as a module (it is not part of the package)."""
     import importlib.util
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "els_speed.py"
     spec = importlib.util.spec_from_file_location("els_speed", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_baseline_is_the_plain_machine(bench):
+    # benchmarks/els_speed.py times the machine against a batched evaluation written from the paper's
+    # equations; it must compute the same posterior means (else its speed-ups compare different things)
     data = _digits_like(60, seed=5)
     x = data[:3] + 0.4 * torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     for k, sigma, tile in [(3, 0.4, 2**20), (5, 0.05, 500)]:                # one tile; many small tiles
@@ -545,16 +551,10 @@ def test_benchmark_baseline_is_the_plain_machine():
         torch.testing.assert_close(bench.batched_els(x, data, sigma, k, tile), want, rtol=0, atol=1e-12)
 
 
-def test_benchmark_needed_pairs_count():
+def test_benchmark_needed_pairs_count(bench):
     # the benchmark's ceiling counts the deduplicated (query, candidate) pairs that no method exact to tol
-    # may skip (all but the lightest, whose weights sum to ≤ tol·Z); count them here pixel by pixel: candidates with the query's padding mask, identical ones merged
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "els_speed.py"
-    spec = importlib.util.spec_from_file_location("els_speed", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    # may skip (all but the lightest, whose weights sum to ≤ tol·Z); count them here pixel by pixel:
+    # candidates with the query's padding mask, identical ones merged
     data = _digits_like(30, seed=12)
     x = data[:2] + 0.3 * torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
     unf = lambda t: torch.nn.functional.unfold(torch.nn.functional.pad(t, (1,) * 4), 3)  # noqa: E731
