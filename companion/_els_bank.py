@@ -36,8 +36,11 @@ Two reductions make it fast without changing the result beyond a stated toleranc
 Logits come out of one matrix product per group of queries, after shifting both sides by the
 group's mean query when that reduces the float32 cancellation of :math:`\|q\|^2 - 2q\cdot y +
 \|y\|^2`, and in float64 whenever the estimated float32 rounding of a logit exceeds ``1e-4``.
-Logits that could fall below the smallest normal number are clamped there (torch's exp is ~100x slower beyond it; the
-clamped weights change the normalizer by less than ``m·e^-47``). The softmax-weighted sums come out
+Weights are computed as :math:`2^{\ell \log_2 e}` for a logit :math:`\ell` (the factor
+:math:`\log_2 e` is folded into the product): torch's float32 ``exp2`` is as accurate as its ``exp``
+(~1 ulp) and about 4x faster on one CPU thread. Logits that could fall below the smallest normal
+number are clamped there (``exp2`` is ~3x slower beyond it unless denormals are flushed; the clamped
+weights change the normalizer by less than ``m·e^-47``). The softmax-weighted sums come out
 of a second product laid out as ``[v, 1]ᵀ · wᵀ`` (a wide output, several times faster than
 ``w · [v, 1]``) and are accumulated in float64.
 """
@@ -51,6 +54,7 @@ __all__ = ["PatchBank"]
 
 _EPS32 = 2.0 ** -24
 _ROUNDING = 1e-4   # largest estimated float32 rounding of a logit before float64 is used
+_LOG2E = 1.0 / math.log(2.0)   # weights are 2^(log-weight · log2 e): torch's exp2 is ~4x faster than exp
 
 
 def _kmeans(y: torch.Tensor, n: int, iters: int = 6, chunk: int = 8192) -> torch.Tensor:
@@ -224,7 +228,7 @@ class PatchBank:
         per = torch.bincount(kk, minlength=self.n_clusters).tolist()
         ends = torch.tensor(per).cumsum(0).tolist()
         start = self.start.tolist()
-        floor = -87.0 if q.dtype != torch.float64 else -700.0
+        floor = -126.0 if q.dtype != torch.float64 else -1000.0     # log2 units
         vals = self._centred(q.dtype)[1]
         tops, sums = [], []                                        # per pair, in pair order
         k, a = 0, 0
@@ -235,7 +239,7 @@ class PatchBank:
             b = ends[last]
             qc = q[qq[a:b]].double() - self.centre.to(dev)[kk[a:b]]
             s = inv2s2[qq[a:b]].double()[:, None]
-            lhs = torch.cat([2 * s * qc, -s, torch.ones_like(s), -s * qc.pow(2).sum(1, keepdim=True)], 1)
+            lhs = _LOG2E * torch.cat([2 * s * qc, -s, torch.ones_like(s), -s * qc.pow(2).sum(1, keepdim=True)], 1)
             # float32 rounding estimate per cluster: eps·(max √s‖q − m‖ + r·max √s)²
             seg = lambda t: torch.zeros(last + 1 - k, dtype=torch.float64, device=dev).scatter_reduce_(  # noqa: E731
                 0, kk[a:b] - k, t, "amax")
@@ -251,7 +255,7 @@ class PatchBank:
                 dt = torch.float64 if exact[c - k] else q.dtype
                 logit = (lhs[i:j] if exact[c - k] else lhs32[i:j]) @ self._centred(dt)[0][rows].T  # (n, m)
                 m = logit.amax(1, keepdim=True)
-                w = logit.sub_(m).to(q.dtype).clamp_min_(floor).exp_()      # exp in the input's dtype
+                w = logit.sub_(m).to(q.dtype).clamp_min_(floor).exp2_()    # in the input's dtype
                 tops.append(m)
                 sums.append(vals[:, rows] @ w.T)
             k, a = last + 1, b
@@ -259,7 +263,7 @@ class PatchBank:
         sums = torch.cat(sums, 1).T.double()
         best = torch.full((Q,), -math.inf, dtype=torch.float64, device=dev).scatter_reduce_(0, qq, top, "amax")
         acc = torch.zeros(Q, V + 1, dtype=torch.float64, device=dev).index_add_(
-            0, qq, sums * torch.exp(top - best[qq])[:, None])
+            0, qq, sums * torch.exp2(top - best[qq])[:, None])
         return acc[:, :V] / acc[:, V:]
 
     def _centred(self, dtype, centred=True):
@@ -316,30 +320,30 @@ class PatchBank:
         # every log-weight is ≤ max log c, and the best one is ≥ ref: if max log c − ref is moderate,
         # shift by max log c (no overflow, no underflow of the largest weight, no running maximum)
         peak = float(self.logc.max()) - ref
-        # exp leaves its fast path below the smallest normal number: logits are clamped at `floor`
+        # exp2 leaves its fast path below the smallest normal number: logits are clamped at `floor`
         # (each clamped weight is below e^floor times the largest weight, or e^(floor + margin) when
         # the shift is fixed: a relative change below m·e^-47 of the normalizer)
-        floor, margin = (-700.0, 600.0) if q.dtype == torch.float64 else (-87.0, 40.0)
+        floor, margin = (-700.0, 600.0) if q.dtype == torch.float64 else (-87.0, 40.0)   # natural log units
         fixed = float(peak.max()) <= margin
         shift = ref + peak if fixed else ref
         s = inv2s2.to(dt)[:, None]
-        lhs = torch.cat([2 * s * qc, -s, torch.ones_like(s), -s * qc.pow(2).sum(1, keepdim=True)
-                         - shift.to(dt)[:, None]], 1)                          # (n, P + 3)
+        lhs = _LOG2E * torch.cat([2 * s * qc, -s, torch.ones_like(s), -s * qc.pow(2).sum(1, keepdim=True)
+                                  - shift.to(dt)[:, None]], 1)                 # (n, P + 3), log2 units
         # no clamp needed when even the farthest row, ‖q − y‖ ≤ ‖q‖ + max‖y‖, stays above the floor
         far = (-inv2s2.double() * (qc.double().norm(dim=1) + ynorm) ** 2 - shift.double()).min()
         clamp = not fixed or float(far) < floor
         acc = torch.zeros(vals.shape[0], n, dtype=torch.float64, device=q.device)    # [Σ w v, Σ w]ᵀ
         m_run = torch.full((1, n), -math.inf, dtype=torch.float64, device=q.device)
         for a in range(0, table.shape[0], rows_per_chunk):
-            logit = lhs @ table[a:a + rows_per_chunk].T                        # (n, m) log-weight − shift
+            logit = lhs @ table[a:a + rows_per_chunk].T                # (n, m) (log-weight − shift) log2 e
             if not fixed:                                                      # running log-sum-exp
                 m_new = torch.maximum(m_run, logit.amax(1).double()[None])
-                acc *= torch.exp(m_run - m_new)
+                acc *= torch.exp2(m_run - m_new)
                 logit -= m_new.T.to(dt)
                 m_run = m_new
             logit = logit.to(q.dtype)
             if clamp:
-                logit.clamp_min_(floor)
+                logit.clamp_min_(floor * _LOG2E)
             # [v, 1]ᵀ · wᵀ: a wide output, several times faster than w · [v, 1] with its two columns
-            acc += (vals[:, a:a + rows_per_chunk] @ logit.exp_().T).double()
+            acc += (vals[:, a:a + rows_per_chunk] @ logit.exp2_().T).double()
         return (acc[:-1] / acc[-1:]).T
