@@ -121,11 +121,14 @@ class PatchBank:
         self.n_clusters = K
 
     def posterior_mean(self, q: torch.Tensor, inv2s2: torch.Tensor, tol: float, group: int = 64,
-                       span: int = 2048, rows_per_chunk: int = 4096) -> torch.Tensor:
+                       span: int = 2048, tile: int = 2**18) -> torch.Tensor:
         """Posterior means ``(Q, V)`` of queries ``q`` ``(Q, P)`` with ``inv2s2 = 1/2σ²`` ``(Q,)``.
 
         ``tol = 0`` keeps every candidate (deduplication alone, exact). The bank is evaluated by
-        clusters or by windows (:meth:`plan`), whichever the cost estimate says is cheaper.
+        clusters or by windows (:meth:`plan`), whichever the cost estimate says is cheaper; windows
+        are evaluated in tiles of about ``tile`` logits, and windows that span the whole bank (high
+        noise) in groups of up to 512 queries (512 queries by 512 rows run ~1.2-1.4x faster per
+        logit than 64 by 4096 on one CPU thread).
         """
         ref, keep, windows = self.plan(q, inv2s2, tol, group, span)
         # cost in pairs of the two evaluations: by windows, or by clusters (plus a fixed cost each)
@@ -135,8 +138,13 @@ class PatchBank:
         if self._pair_cost * by_cluster + self._overhead * self.last_cost["active"] < by_window:
             return self._by_cluster(q, inv2s2, keep).to(q.dtype)
         out = torch.empty(q.shape[0], self.v.shape[1], dtype=torch.float64, device=q.device)
-        for idx, lo, hi in windows:
-            out[idx] = self._softmax_mean(q[idx], inv2s2[idx], ref[idx], slice(lo, hi), rows_per_chunk)
+        whole = [idx for idx, lo, hi in windows if lo == 0 and hi == self.n_rows]
+        parts = [(idx, lo, hi) for idx, lo, hi in windows if not (lo == 0 and hi == self.n_rows)]
+        if whole:
+            whole = torch.cat(whole)
+            parts += [(idx, 0, self.n_rows) for idx in whole.split(512)]
+        for idx, lo, hi in parts:
+            out[idx] = self._softmax_mean(q[idx], inv2s2[idx], ref[idx], slice(lo, hi), max(256, tile // len(idx)))
         return out.to(q.dtype)
 
     def plan(self, q, inv2s2, tol, group=64, span=2048):
