@@ -546,9 +546,11 @@ def test_benchmark_baseline_is_the_plain_machine(bench):
     # equations; it must compute the same posterior means (else its speed-ups compare different things)
     data = _digits_like(60, seed=5)
     x = data[:3] + 0.4 * torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    for k, sigma, tile in [(3, 0.4, 2**20), (5, 0.05, 500)]:                # one tile; many small tiles
+    for k, sigma, tile in [(3, 0.4, 2**20), (5, 0.05, 500), (3, 2.0, 500)]:   # one tile; many small tiles
         want = els.equivariant_local(data, k, bank_min=float("inf"))(x, sigma)
-        torch.testing.assert_close(bench.batched_els(x, data, sigma, k, tile), want, rtol=0, atol=1e-12)
+        for exp2 in (False, True):                   # the baseline as written, and with exp2 weights
+            got = bench.batched_els(x, data, sigma, k, tile, exp2=exp2)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
 def test_benchmark_needed_pairs_count(bench):
