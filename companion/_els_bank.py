@@ -116,6 +116,7 @@ class PatchBank:
         self.radius = torch.zeros(K, dtype=torch.float64, device=dev).scatter_reduce_(
             0, label, (y - self.centre[label]).norm(dim=1), "amax")
         self.log_mass = torch.zeros(K, dtype=torch.float64, device=dev).index_add_(0, label, counts.double()).log()
+        self.log_cmax = torch.zeros(K, dtype=torch.float64, device=dev).scatter_reduce_(0, label, self.logc, "amax")
         size = torch.bincount(label, minlength=K)
         self.start = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), size.cumsum(0)])   # (K + 1,)
         self.n_clusters = K
@@ -133,10 +134,11 @@ class PatchBank:
         ref, keep, windows = self.plan(q, inv2s2, tol, group, span)
         # cost in pairs of the two evaluations: by windows, or by clusters (plus a fixed cost each)
         by_window = sum(len(idx) * (hi - lo) for idx, lo, hi in windows)
-        by_cluster = float((keep.double() @ self.start.diff().to(q.device).double()).sum())
-        self.last_cost = dict(windows=by_window, clusters=by_cluster, active=int(keep.any(0).sum()))
+        per = keep.sum(0)                                                  # queries per cluster
+        by_cluster = float(per.double() @ self.start.diff().to(q.device).double())
+        self.last_cost = dict(windows=by_window, clusters=by_cluster, active=int((per > 0).sum()))
         if self._pair_cost * by_cluster + self._overhead * self.last_cost["active"] < by_window:
-            return self._by_cluster(q, inv2s2, keep).to(q.dtype)
+            return self._by_cluster(q, inv2s2, ref, keep).to(q.dtype)
         out = torch.empty(q.shape[0], self.v.shape[1], dtype=torch.float64, device=q.device)
         whole = [idx for idx, lo, hi in windows if lo == 0 and hi == self.n_rows]
         parts = [(idx, lo, hi) for idx, lo, hi in windows if not (lo == 0 and hi == self.n_rows)]
@@ -159,9 +161,9 @@ class PatchBank:
         Q, dev = q.shape[0], q.device
         s64, q64 = inv2s2.double(), q.double()
         start = self.start.tolist()
-        d2, bound = self.cluster_bounds(q64, s64)
+        c32 = self.centre.to(dev).float()                   # nearest centres (float32: a heuristic)
+        near = torch.addmm(c32.pow(2).sum(1), q.float(), c32.T, alpha=-2).argmin(1)
         cut = math.log(self.n_clusters / tol) if tol > 0 else math.inf
-        near = d2.argmin(1)
         order = torch.argsort(near, stable=True)
         table64 = self._centred(torch.float64, centred=False)[0]
         ref = torch.empty(Q, dtype=torch.float64, device=dev)
@@ -170,7 +172,7 @@ class PatchBank:
             qg, sg = q64[idx], s64[idx, None]
             lhs = torch.cat([2 * sg * qg, -sg, torch.ones_like(sg), -sg * qg.pow(2).sum(1, keepdim=True)], 1)
             ref[idx] = (lhs @ table64[start[f]:start[l + 1]].T).amax(1)
-        keep = bound >= (ref - cut)[:, None]                                       # (Q, K)
+        keep = self._keep(q64, s64, ref - cut)                                     # (Q, K)
         # the window in the projection: ‖q − y‖ ≥ |u·q − u·y|, so rows with |u·q − z| > h carry at
         # most e^(log C − s h²) = tol e^ref in all; it contains the row that gives ref
         zq = q64 @ self.u.to(dev)
@@ -199,6 +201,23 @@ class PatchBank:
         ell = (dist - self.radius.to(q.device) * (1 + 1e-12)).clamp_min(0)
         return d2, self.log_mass.to(q.device) - inv2s2[:, None] * ell.pow(2)
 
+    def _keep(self, q, inv2s2, floor):
+        """``(Q, K)``: the clusters whose bound with the largest mass, ``log max C − s ℓ_k²``, reaches
+        ``floor`` ``(Q,)`` (a superset of ``log C_k − s ℓ_k² ≥ floor``), by one float64 product.
+
+        ``max(0, ‖q − m_k‖ − r_k) ≤ T`` with ``T² = (log max C − floor)/s`` is ``‖q − m_k‖² ≤ (r_k + T)²``,
+        i.e. ``[q, 1, ‖q‖² − T² − δ, T] · [−2m_k, ‖m_k‖² − r_k², 1, −2r_k] ≤ 0`` (``δ``: a margin above
+        the product's float64 rounding, so that no cluster the bound keeps is dropped)."""
+        if not math.isfinite(float(floor.min())):
+            return torch.ones(q.shape[0], self.n_clusters, dtype=torch.bool, device=q.device)
+        c, r = self.centre.to(q.device), self.radius.to(q.device) * (1 + 1e-12)
+        t2 = (self.log_mass.max().to(q.device) - floor).clamp_min(0) / inv2s2
+        qn = q.pow(2).sum(1)
+        delta = 1e-12 * (qn.sqrt() + t2.sqrt() + float(c.norm(dim=1).max() + r.max())) ** 2
+        lhs = torch.cat([q, torch.ones_like(qn)[:, None], (qn - t2 - delta)[:, None], t2.sqrt()[:, None]], 1)
+        rhs = torch.cat([-2 * c, (c.pow(2).sum(1) - r.pow(2))[:, None], torch.ones_like(r)[:, None], -2 * r[:, None]], 1)
+        return (rhs @ lhs.T <= 0).T                   # laid out cluster by cluster, for _by_cluster
+
     def _groups(self, near, group, span):
         """Groups ``(a, b, first, last)`` of consecutive sorted queries ``a:b`` whose nearest clusters
         ``first..last`` hold at most ``span`` rows (or one cluster), at most ``group`` queries."""
@@ -222,22 +241,26 @@ class PatchBank:
     # cost per active cluster worth ~1e4 pairs of a window. Either choice gives the same result.
     _pair_cost, _overhead = 1.3, 10_000
 
-    def _by_cluster(self, q, inv2s2, keep, block: int = 2**16):
+    def _by_cluster(self, q, inv2s2, ref, keep, block: int = 2**16):
         """Posterior means ``(Q, V)``: each kept cluster against the queries that keep it.
 
         The (cluster, query) pairs of ``keep`` ``(Q, K)`` are taken cluster by cluster, in blocks of
-        about ``block`` pairs; each pair gets its cluster's log-sum-exp (its maximum log-weight and
-        the sums ``[Σ w v, Σ w]`` relative to it), and the pairs of a query are combined at the end
-        in float64. Logits are taken relative to the cluster's centre, in float64 when the float32
-        rounding estimate ``eps·(max ‖q − m‖ + r)²·s`` exceeds 1e-4.
+        about ``block`` pairs; each pair gets a shift and the sums ``[Σ w v, Σ w]`` of its weights
+        relative to it, and the pairs of a query are combined at the end in float64. The shift is the
+        query's ``ref`` when no row of the cluster can exceed it by more than the margin of
+        :meth:`_softmax_mean` (by the bound ``max_k log c − s ℓ_k²``), otherwise the cluster's maximum
+        log-weight. Logits are taken relative to the cluster's centre, in float64 when the float32
+        rounding estimate ``eps·((max ‖q − m‖ + r)²·s + max |ref| + max log c)`` exceeds 1e-4.
         """
         Q, dev, V = q.shape[0], q.device, self.v.shape[1]
         kk, qq = keep.T.contiguous().nonzero().unbind(1)         # pairs, cluster by cluster
         per = torch.bincount(kk, minlength=self.n_clusters).tolist()
         ends = torch.tensor(per).cumsum(0).tolist()
         start = self.start.tolist()
-        floor = -126.0 if q.dtype != torch.float64 else -1000.0     # log2 units
+        # log2 units: logits clamped at `floor`; a fixed shift when the bound is at most `margin` above it
+        floor, margin = (-126.0, 40.0) if q.dtype != torch.float64 else (-1000.0, 600.0)
         vals = self._centred(q.dtype)[1]
+        radius, log_cmax = self.radius.to(dev), self.log_cmax.to(dev)
         tops, sums = [], []                                        # per pair, in pair order
         k, a = 0, 0
         while a < len(qq):
@@ -246,14 +269,19 @@ class PatchBank:
                 last += 1
             b = ends[last]
             qc = q[qq[a:b]].double() - self.centre.to(dev)[kk[a:b]]
-            s = inv2s2[qq[a:b]].double()[:, None]
-            lhs = _LOG2E * torch.cat([2 * s * qc, -s, torch.ones_like(s), -s * qc.pow(2).sum(1, keepdim=True)], 1)
-            # float32 rounding estimate per cluster: eps·(max √s‖q − m‖ + r·max √s)²
+            s, r = inv2s2[qq[a:b]].double(), ref[qq[a:b]]
             seg = lambda t: torch.zeros(last + 1 - k, dtype=torch.float64, device=dev).scatter_reduce_(  # noqa: E731
                 0, kk[a:b] - k, t, "amax")
-            rounding = _EPS32 * (seg(qc.norm(dim=1) * s.flatten().sqrt())
-                                 + self.radius.to(dev)[k:last + 1] * seg(s.flatten()).sqrt()) ** 2
-            exact = (rounding > _ROUNDING).tolist()
+            dist = qc.norm(dim=1)
+            ub = log_cmax[kk[a:b]] - s * (dist - radius[kk[a:b]]).clamp_min(0).pow(2)   # ≥ every log-weight
+            fixed = seg(ub - r) <= margin / _LOG2E
+            shift = torch.where(fixed[kk[a:b] - k], r, torch.zeros_like(r))
+            lhs = _LOG2E * torch.cat([2 * s[:, None] * qc, -s[:, None], torch.ones_like(qc[:, :1]),
+                                      (-s * qc.pow(2).sum(1) - shift)[:, None]], 1)
+            # float32 rounding estimate per cluster: eps·((max √s‖q − m‖ + r·max √s)² + max|shift| + max log c)
+            rounding = _EPS32 * ((seg(dist * s.sqrt()) + radius[k:last + 1] * seg(s).sqrt()) ** 2
+                                 + seg(shift.abs()) + log_cmax[k:last + 1].abs())
+            exact, fixed = (rounding > _ROUNDING).tolist(), fixed.tolist()
             lhs32 = lhs.to(q.dtype)
             for c in range(k, last + 1):
                 i, j = ends[c] - per[c] - a, ends[c] - a
@@ -262,9 +290,12 @@ class PatchBank:
                 rows = slice(start[c], start[c + 1])
                 dt = torch.float64 if exact[c - k] else q.dtype
                 logit = (lhs[i:j] if exact[c - k] else lhs32[i:j]) @ self._centred(dt)[0][rows].T  # (n, m)
-                m = logit.amax(1, keepdim=True)
-                w = logit.sub_(m).to(q.dtype).clamp_min_(floor).exp2_()    # in the input's dtype
-                tops.append(m)
+                if fixed[c - k]:
+                    tops.append(_LOG2E * shift[i:j, None])
+                else:
+                    tops.append(logit.amax(1, keepdim=True))
+                    logit.sub_(tops[-1])
+                w = logit.to(q.dtype).clamp_min_(floor).exp2_()    # in the input's dtype
                 sums.append(vals[:, rows] @ w.T)
             k, a = last + 1, b
         top = torch.cat(tops).double().flatten()
