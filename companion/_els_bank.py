@@ -260,7 +260,8 @@ class PatchBank:
         # log2 units: logits clamped at `floor`; a fixed shift when the bound is at most `margin` above it
         floor, margin = (-126.0, 40.0) if q.dtype != torch.float64 else (-1000.0, 600.0)
         vals = self._centred(q.dtype)[1]
-        radius, log_cmax = self.radius.to(dev), self.log_cmax.to(dev)
+        radius, log_cmax, centre = self.radius.to(dev), self.log_cmax.to(dev), self.centre.to(dev)
+        q64, s64, P = q.double(), inv2s2.double(), q.shape[1]
         tops, sums = [], []                                        # per pair, in pair order
         k, a = 0, 0
         while a < len(qq):
@@ -268,21 +269,25 @@ class PatchBank:
             while last + 1 < self.n_clusters and ends[last + 1] - a <= block:
                 last += 1
             b = ends[last]
-            qc = q[qq[a:b]].double() - self.centre.to(dev)[kk[a:b]]
-            s, r = inv2s2[qq[a:b]].double(), ref[qq[a:b]]
+            qi, ki = qq[a:b], kk[a:b]
+            s, r = s64.index_select(0, qi), ref.index_select(0, qi)
+            lhs = torch.empty(b - a, P + 3, dtype=torch.float64, device=dev)   # [2sqc, −s, 1, −s‖qc‖² − shift]
+            qc = torch.sub(q64.index_select(0, qi), centre.index_select(0, ki), out=lhs[:, :P])
+            dist = torch.linalg.vector_norm(qc, dim=1)
             seg = lambda t: torch.zeros(last + 1 - k, dtype=torch.float64, device=dev).scatter_reduce_(  # noqa: E731
-                0, kk[a:b] - k, t, "amax")
-            dist = qc.norm(dim=1)
-            ub = log_cmax[kk[a:b]] - s * (dist - radius[kk[a:b]]).clamp_min(0).pow(2)   # ≥ every log-weight
-            fixed = seg(ub - r) <= margin / _LOG2E
-            shift = torch.where(fixed[kk[a:b] - k], r, torch.zeros_like(r))
-            lhs = _LOG2E * torch.cat([2 * s[:, None] * qc, -s[:, None], torch.ones_like(qc[:, :1]),
-                                      (-s * qc.pow(2).sum(1) - shift)[:, None]], 1)
+                0, ki - k, t, "amax")
+            ub = log_cmax.index_select(0, ki) - s * (dist - radius.index_select(0, ki)).clamp_min(0).pow(2)
+            fixed = seg(ub - r) <= margin / _LOG2E                       # ub: no log-weight exceeds it
+            shift = torch.where(fixed[ki - k], r, torch.zeros_like(r))
             # float32 rounding estimate per cluster: eps·((max √s‖q − m‖ + r·max √s)² + max|shift| + max log c)
             rounding = _EPS32 * ((seg(dist * s.sqrt()) + radius[k:last + 1] * seg(s).sqrt()) ** 2
-                                 + seg(shift.abs()) + log_cmax[k:last + 1].abs())
+                                 + seg(shift.abs()) + log_cmax[k:last + 1])
+            s = s.mul_(_LOG2E)[:, None]
+            lhs[:, P + 2] = -(s[:, 0] * dist.pow(2) + _LOG2E * shift)
+            qc.mul_(2 * s)
+            lhs[:, P:P + 2] = torch.cat([-s, torch.full_like(s, _LOG2E)], 1)
             exact, fixed = (rounding > _ROUNDING).tolist(), fixed.tolist()
-            lhs32 = lhs.to(q.dtype)
+            lhs32 = lhs.to(q.dtype) if not all(exact) else None
             for c in range(k, last + 1):
                 i, j = ends[c] - per[c] - a, ends[c] - a
                 if i == j:
