@@ -166,12 +166,12 @@ class PatchBank:
         cut = math.log(self.n_clusters / tol) if tol > 0 else math.inf
         order = torch.argsort(near, stable=True)
         table64 = self._centred(torch.float64, centred=False)[0]
+        qo, so = q64[order], s64[order, None]                          # queries by nearest cluster
+        lhs = torch.cat([2 * so * qo, -so, torch.ones_like(so), -so * qo.pow(2).sum(1, keepdim=True)], 1)
         ref = torch.empty(Q, dtype=torch.float64, device=dev)
         for a, b, f, l in self._groups(near[order], group, span):  # exact best over the nearest clusters
-            idx = order[a:b]
-            qg, sg = q64[idx], s64[idx, None]
-            lhs = torch.cat([2 * sg * qg, -sg, torch.ones_like(sg), -sg * qg.pow(2).sum(1, keepdim=True)], 1)
-            ref[idx] = (lhs @ table64[start[f]:start[l + 1]].T).amax(1)
+            ref[a:b] = (lhs[a:b] @ table64[start[f]:start[l + 1]].T).amax(1)
+        ref = torch.empty_like(ref).index_copy_(0, order, ref)
         keep = self._keep(q64, s64, ref - cut)                                     # (Q, K)
         # the window in the projection: ‖q − y‖ ≥ |u·q − u·y|, so rows with |u·q − z| > h carry at
         # most e^(log C − s h²) = tol e^ref in all; it contains the row that gives ref
@@ -181,9 +181,10 @@ class PatchBank:
         starts = range(0, Q, group)
         if tol > 0:                              # each group's window: its queries' windows' union
             z = self.z.to(dev)
-            lo = torch.searchsorted(z, (zq - h)[zorder]).tensor_split(list(starts)[1:])
-            hi = torch.searchsorted(z, (zq + h)[zorder], right=True).tensor_split(list(starts)[1:])
-            bounds = zip(torch.stack([t.min() for t in lo]).tolist(), torch.stack([t.max() for t in hi]).tolist())
+            pad = (0, -Q % group)                # consecutive groups of sorted queries, the last padded
+            lo = torch.nn.functional.pad(torch.searchsorted(z, (zq - h)[zorder]), pad, value=self.n_rows)
+            hi = torch.nn.functional.pad(torch.searchsorted(z, (zq + h)[zorder], right=True), pad, value=0)
+            bounds = zip(lo.view(-1, group).amin(1).tolist(), hi.view(-1, group).amax(1).tolist())
         else:
             bounds = [(0, self.n_rows)] * len(starts)
         windows = [(zorder[a:a + group], lo_, hi_) for a, (lo_, hi_) in zip(starts, bounds)]
