@@ -264,7 +264,7 @@ class PatchBank:
         radius, log_cmax, centre = self.radius.to(dev), self.log_cmax.to(dev), self.centre.to(dev)
         q64, s64, P = q.double(), inv2s2.double(), q.shape[1]
         tops, sums = [], []                                        # per pair, in pair order
-        k, a = 0, 0
+        k, a, self.n_fixed = 0, 0, 0                           # n_fixed: clusters with a fixed shift
         while a < len(qq):
             last = k                                               # clusters k..last, pairs a:b
             while last + 1 < self.n_clusters and ends[last + 1] - a <= block:
@@ -297,6 +297,7 @@ class PatchBank:
                 dt = torch.float64 if exact[c - k] else q.dtype
                 logit = (lhs[i:j] if exact[c - k] else lhs32[i:j]) @ self._centred(dt)[0][rows].T  # (n, m)
                 if fixed[c - k]:
+                    self.n_fixed += 1
                     tops.append(_LOG2E * shift[i:j, None])
                 else:
                     tops.append(logit.amax(1, keepdim=True))
