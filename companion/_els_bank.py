@@ -20,8 +20,10 @@ Two reductions make it fast without changing the result beyond a stated toleranc
   k} c_j`. By the triangle inequality every row of cluster :math:`k` has :math:`\|q - y_j\| \ge
   \ell_k(q) = \max(0, \|q - m_k\| - r_k)`, so the cluster carries at most :math:`C_k
   e^{-s\ell_k^2}` (:math:`s = 1/2\sigma^2`); cluster :math:`k` is skipped for :math:`q` when
-  :math:`\log C_k - s\ell_k^2 < L_q - \log(K/\text{tol})`. Each kept cluster is evaluated against
-  the queries that keep it (per-query candidate sets).
+  :math:`\log \max_j C_j - s\ell_k^2 < L_q - \log(K/\text{tol})` (with the largest mass the test
+  is one matrix product, :meth:`PatchBank._keep`). Each kept cluster is evaluated against the
+  queries that keep it (per-query candidate sets), its weights relative to :math:`L_q` when no row
+  can exceed that by much (a bound like :math:`\ell_k`'s), else to its own largest log-weight.
 
   *A window in one projection.* The rows are sorted by :math:`z_j = u\cdot y_j` (:math:`u`: the
   bank's principal axis, a unit vector). Since :math:`\|q - y\| \ge |u\cdot q - z_j|`, the rows with
@@ -248,9 +250,9 @@ class PatchBank:
         The (cluster, query) pairs of ``keep`` ``(Q, K)`` are taken cluster by cluster, in blocks of
         about ``block`` pairs; each pair gets a shift and the sums ``[Σ w v, Σ w]`` of its weights
         relative to it, and the pairs of a query are combined at the end in float64. The shift is the
-        query's ``ref`` when no row of the cluster can exceed it by more than the margin of
-        :meth:`_softmax_mean` (by the bound ``max_k log c − s ℓ_k²``), otherwise the cluster's maximum
-        log-weight. Logits are taken relative to the cluster's centre, in float64 when the float32
+        query's ``ref`` when no row of the cluster can exceed it by more than ``2^40`` (``2^600`` in
+        float64; by the bound ``max_{j∈k} log c_j − s ℓ_k²``), otherwise the cluster's maximum
+        log-weight (one pass more per pair). Logits are taken relative to the cluster's centre, in float64 when the float32
         rounding estimate ``eps·((max ‖q − m‖ + r)²·s + max |ref| + max log c)`` exceeds 1e-4.
         """
         Q, dev, V = q.shape[0], q.device, self.v.shape[1]
