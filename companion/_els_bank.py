@@ -252,8 +252,9 @@ class PatchBank:
         relative to it, and the pairs of a query are combined at the end in float64. The shift is the
         query's ``ref`` when no row of the cluster can exceed it by more than ``2^40`` (``2^600`` in
         float64; by the bound ``max_{j∈k} log c_j − s ℓ_k²``), otherwise the cluster's maximum
-        log-weight (one pass more per pair). Logits are taken relative to the cluster's centre, in float64 when the float32
-        rounding estimate ``eps·((max ‖q − m‖ + r)²·s + max |ref| + max log c)`` exceeds 1e-4.
+        log-weight (one pass more per pair). Logits are taken relative to the cluster's centre, in
+        float64 when the float32 rounding estimate ``eps·((max ‖q − m‖ + r)²·s + max |shift| + max log
+        c)`` exceeds 1e-4.
         """
         Q, dev, V = q.shape[0], q.device, self.v.shape[1]
         kk, qq = keep.T.contiguous().nonzero().unbind(1)         # pairs, cluster by cluster
