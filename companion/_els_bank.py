@@ -218,7 +218,8 @@ class PatchBank:
         qn = q.pow(2).sum(1)
         delta = 1e-12 * (qn.sqrt() + t2.sqrt() + float(c.norm(dim=1).max() + r.max())) ** 2
         lhs = torch.cat([q, torch.ones_like(qn)[:, None], (qn - t2 - delta)[:, None], t2.sqrt()[:, None]], 1)
-        rhs = torch.cat([-2 * c, (c.pow(2).sum(1) - r.pow(2))[:, None], torch.ones_like(r)[:, None], -2 * r[:, None]], 1)
+        rhs = torch.cat([-2 * c, (c.pow(2).sum(1) - r.pow(2))[:, None], torch.ones_like(r)[:, None],
+                         -2 * r[:, None]], 1)
         return (rhs @ lhs.T <= 0).T                   # laid out cluster by cluster, for _by_cluster
 
     def _groups(self, near, group, span):
