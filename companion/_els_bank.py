@@ -20,8 +20,10 @@ Two reductions make it fast without changing the result beyond a stated toleranc
   k} c_j`. By the triangle inequality every row of cluster :math:`k` has :math:`\|q - y_j\| \ge
   \ell_k(q) = \max(0, \|q - m_k\| - r_k)`, so the cluster carries at most :math:`C_k
   e^{-s\ell_k^2}` (:math:`s = 1/2\sigma^2`); cluster :math:`k` is skipped for :math:`q` when
-  :math:`\log C_k - s\ell_k^2 < L_q - \log(K/\text{tol})`. Each kept cluster is evaluated against
-  the queries that keep it (per-query candidate sets).
+  :math:`\log \max_j C_j - s\ell_k^2 < L_q - \log(K/\text{tol})` (with the largest mass the test
+  is one matrix product, :meth:`PatchBank._keep`). Each kept cluster is evaluated against the
+  queries that keep it (per-query candidate sets), its weights relative to :math:`L_q` when no row
+  can exceed that by much (a bound like :math:`\ell_k`'s), else to its own largest log-weight.
 
   *A window in one projection.* The rows are sorted by :math:`z_j = u\cdot y_j` (:math:`u`: the
   bank's principal axis, a unit vector). Since :math:`\|q - y\| \ge |u\cdot q - z_j|`, the rows with
@@ -116,6 +118,7 @@ class PatchBank:
         self.radius = torch.zeros(K, dtype=torch.float64, device=dev).scatter_reduce_(
             0, label, (y - self.centre[label]).norm(dim=1), "amax")
         self.log_mass = torch.zeros(K, dtype=torch.float64, device=dev).index_add_(0, label, counts.double()).log()
+        self.log_cmax = torch.zeros(K, dtype=torch.float64, device=dev).scatter_reduce_(0, label, self.logc, "amax")
         size = torch.bincount(label, minlength=K)
         self.start = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), size.cumsum(0)])   # (K + 1,)
         self.n_clusters = K
@@ -133,10 +136,11 @@ class PatchBank:
         ref, keep, windows = self.plan(q, inv2s2, tol, group, span)
         # cost in pairs of the two evaluations: by windows, or by clusters (plus a fixed cost each)
         by_window = sum(len(idx) * (hi - lo) for idx, lo, hi in windows)
-        by_cluster = float((keep.double() @ self.start.diff().to(q.device).double()).sum())
-        self.last_cost = dict(windows=by_window, clusters=by_cluster, active=int(keep.any(0).sum()))
+        per = keep.sum(0)                                                  # queries per cluster
+        by_cluster = float(per.double() @ self.start.diff().to(q.device).double())
+        self.last_cost = dict(windows=by_window, clusters=by_cluster, active=int((per > 0).sum()))
         if self._pair_cost * by_cluster + self._overhead * self.last_cost["active"] < by_window:
-            return self._by_cluster(q, inv2s2, keep).to(q.dtype)
+            return self._by_cluster(q, inv2s2, ref, keep).to(q.dtype)
         out = torch.empty(q.shape[0], self.v.shape[1], dtype=torch.float64, device=q.device)
         whole = [idx for idx, lo, hi in windows if lo == 0 and hi == self.n_rows]
         parts = [(idx, lo, hi) for idx, lo, hi in windows if not (lo == 0 and hi == self.n_rows)]
@@ -159,18 +163,18 @@ class PatchBank:
         Q, dev = q.shape[0], q.device
         s64, q64 = inv2s2.double(), q.double()
         start = self.start.tolist()
-        d2, bound = self.cluster_bounds(q64, s64)
+        c32 = self.centre.to(dev).float()                   # nearest centres (float32: a heuristic)
+        near = torch.addmm(c32.pow(2).sum(1), q.float(), c32.T, alpha=-2).argmin(1)
         cut = math.log(self.n_clusters / tol) if tol > 0 else math.inf
-        near = d2.argmin(1)
         order = torch.argsort(near, stable=True)
         table64 = self._centred(torch.float64, centred=False)[0]
+        qo, so = q64[order], s64[order, None]                          # queries by nearest cluster
+        lhs = torch.cat([2 * so * qo, -so, torch.ones_like(so), -so * qo.pow(2).sum(1, keepdim=True)], 1)
         ref = torch.empty(Q, dtype=torch.float64, device=dev)
         for a, b, f, l in self._groups(near[order], group, span):  # exact best over the nearest clusters
-            idx = order[a:b]
-            qg, sg = q64[idx], s64[idx, None]
-            lhs = torch.cat([2 * sg * qg, -sg, torch.ones_like(sg), -sg * qg.pow(2).sum(1, keepdim=True)], 1)
-            ref[idx] = (lhs @ table64[start[f]:start[l + 1]].T).amax(1)
-        keep = bound >= (ref - cut)[:, None]                                       # (Q, K)
+            ref[a:b] = (lhs[a:b] @ table64[start[f]:start[l + 1]].T).amax(1)
+        ref = torch.empty_like(ref).index_copy_(0, order, ref)
+        keep = self._keep(q64, s64, ref - cut)                                     # (Q, K)
         # the window in the projection: ‖q − y‖ ≥ |u·q − u·y|, so rows with |u·q − z| > h carry at
         # most e^(log C − s h²) = tol e^ref in all; it contains the row that gives ref
         zq = q64 @ self.u.to(dev)
@@ -179,9 +183,10 @@ class PatchBank:
         starts = range(0, Q, group)
         if tol > 0:                              # each group's window: its queries' windows' union
             z = self.z.to(dev)
-            lo = torch.searchsorted(z, (zq - h)[zorder]).tensor_split(list(starts)[1:])
-            hi = torch.searchsorted(z, (zq + h)[zorder], right=True).tensor_split(list(starts)[1:])
-            bounds = zip(torch.stack([t.min() for t in lo]).tolist(), torch.stack([t.max() for t in hi]).tolist())
+            pad = (0, -Q % group)                # consecutive groups of sorted queries, the last padded
+            lo = torch.nn.functional.pad(torch.searchsorted(z, (zq - h)[zorder]), pad, value=self.n_rows)
+            hi = torch.nn.functional.pad(torch.searchsorted(z, (zq + h)[zorder], right=True), pad, value=0)
+            bounds = zip(lo.view(-1, group).amin(1).tolist(), hi.view(-1, group).amax(1).tolist())
         else:
             bounds = [(0, self.n_rows)] * len(starts)
         windows = [(zorder[a:a + group], lo_, hi_) for a, (lo_, hi_) in zip(starts, bounds)]
@@ -198,6 +203,24 @@ class PatchBank:
         dist = (d2 - 1e-13 * (qn + cn)).clamp_min(0).sqrt()
         ell = (dist - self.radius.to(q.device) * (1 + 1e-12)).clamp_min(0)
         return d2, self.log_mass.to(q.device) - inv2s2[:, None] * ell.pow(2)
+
+    def _keep(self, q, inv2s2, floor):
+        """``(Q, K)``: the clusters whose bound with the largest mass, ``log max C − s ℓ_k²``, reaches
+        ``floor`` ``(Q,)`` (a superset of ``log C_k − s ℓ_k² ≥ floor``), by one float64 product.
+
+        ``max(0, ‖q − m_k‖ − r_k) ≤ T`` with ``T² = (log max C − floor)/s`` is ``‖q − m_k‖² ≤ (r_k + T)²``,
+        i.e. ``[q, 1, ‖q‖² − T² − δ, T] · [−2m_k, ‖m_k‖² − r_k², 1, −2r_k] ≤ 0`` (``δ``: a margin above
+        the product's float64 rounding, so that no cluster the bound keeps is dropped)."""
+        if not math.isfinite(float(floor.min())):
+            return torch.ones(q.shape[0], self.n_clusters, dtype=torch.bool, device=q.device)
+        c, r = self.centre.to(q.device), self.radius.to(q.device) * (1 + 1e-12)
+        t2 = (self.log_mass.max().to(q.device) - floor).clamp_min(0) / inv2s2
+        qn = q.pow(2).sum(1)
+        delta = 1e-12 * (qn.sqrt() + t2.sqrt() + float(c.norm(dim=1).max() + r.max())) ** 2
+        lhs = torch.cat([q, torch.ones_like(qn)[:, None], (qn - t2 - delta)[:, None], t2.sqrt()[:, None]], 1)
+        rhs = torch.cat([-2 * c, (c.pow(2).sum(1) - r.pow(2))[:, None], torch.ones_like(r)[:, None],
+                         -2 * r[:, None]], 1)
+        return (rhs @ lhs.T <= 0).T                   # laid out cluster by cluster, for _by_cluster
 
     def _groups(self, near, group, span):
         """Groups ``(a, b, first, last)`` of consecutive sorted queries ``a:b`` whose nearest clusters
@@ -222,39 +245,54 @@ class PatchBank:
     # cost per active cluster worth ~1e4 pairs of a window. Either choice gives the same result.
     _pair_cost, _overhead = 1.3, 10_000
 
-    def _by_cluster(self, q, inv2s2, keep, block: int = 2**16):
+    def _by_cluster(self, q, inv2s2, ref, keep, block: int = 2**16):
         """Posterior means ``(Q, V)``: each kept cluster against the queries that keep it.
 
         The (cluster, query) pairs of ``keep`` ``(Q, K)`` are taken cluster by cluster, in blocks of
-        about ``block`` pairs; each pair gets its cluster's log-sum-exp (its maximum log-weight and
-        the sums ``[Σ w v, Σ w]`` relative to it), and the pairs of a query are combined at the end
-        in float64. Logits are taken relative to the cluster's centre, in float64 when the float32
-        rounding estimate ``eps·(max ‖q − m‖ + r)²·s`` exceeds 1e-4.
+        about ``block`` pairs; each pair gets a shift and the sums ``[Σ w v, Σ w]`` of its weights
+        relative to it, and the pairs of a query are combined at the end in float64. The shift is the
+        query's ``ref`` when no row of the cluster can exceed it by more than ``2^40`` (``2^600`` in
+        float64; by the bound ``max_{j∈k} log c_j − s ℓ_k²``), otherwise the cluster's maximum
+        log-weight (one pass more per pair). Logits are taken relative to the cluster's centre, in
+        float64 when the float32 rounding estimate ``eps·((max ‖q − m‖ + r)²·s + max |shift| + max log
+        c)`` exceeds 1e-4.
         """
         Q, dev, V = q.shape[0], q.device, self.v.shape[1]
         kk, qq = keep.T.contiguous().nonzero().unbind(1)         # pairs, cluster by cluster
         per = torch.bincount(kk, minlength=self.n_clusters).tolist()
         ends = torch.tensor(per).cumsum(0).tolist()
         start = self.start.tolist()
-        floor = -126.0 if q.dtype != torch.float64 else -1000.0     # log2 units
+        # log2 units: logits clamped at `floor`; a fixed shift when the bound is at most `margin` above it
+        floor, margin = (-126.0, 40.0) if q.dtype != torch.float64 else (-1000.0, 600.0)
         vals = self._centred(q.dtype)[1]
+        radius, log_cmax, centre = self.radius.to(dev), self.log_cmax.to(dev), self.centre.to(dev)
+        q64, s64, P = q.double(), inv2s2.double(), q.shape[1]
         tops, sums = [], []                                        # per pair, in pair order
-        k, a = 0, 0
+        k, a, self.n_fixed = 0, 0, 0                           # n_fixed: clusters with a fixed shift
         while a < len(qq):
             last = k                                               # clusters k..last, pairs a:b
             while last + 1 < self.n_clusters and ends[last + 1] - a <= block:
                 last += 1
             b = ends[last]
-            qc = q[qq[a:b]].double() - self.centre.to(dev)[kk[a:b]]
-            s = inv2s2[qq[a:b]].double()[:, None]
-            lhs = _LOG2E * torch.cat([2 * s * qc, -s, torch.ones_like(s), -s * qc.pow(2).sum(1, keepdim=True)], 1)
-            # float32 rounding estimate per cluster: eps·(max √s‖q − m‖ + r·max √s)²
+            qi, ki = qq[a:b], kk[a:b]
+            s, r = s64.index_select(0, qi), ref.index_select(0, qi)
+            lhs = torch.empty(b - a, P + 3, dtype=torch.float64, device=dev)   # [2sqc, −s, 1, −s‖qc‖² − shift]
+            qc = torch.sub(q64.index_select(0, qi), centre.index_select(0, ki), out=lhs[:, :P])
+            dist = torch.linalg.vector_norm(qc, dim=1)
             seg = lambda t: torch.zeros(last + 1 - k, dtype=torch.float64, device=dev).scatter_reduce_(  # noqa: E731
-                0, kk[a:b] - k, t, "amax")
-            rounding = _EPS32 * (seg(qc.norm(dim=1) * s.flatten().sqrt())
-                                 + self.radius.to(dev)[k:last + 1] * seg(s.flatten()).sqrt()) ** 2
-            exact = (rounding > _ROUNDING).tolist()
-            lhs32 = lhs.to(q.dtype)
+                0, ki - k, t, "amax")
+            ub = log_cmax.index_select(0, ki) - s * (dist - radius.index_select(0, ki)).clamp_min(0).pow(2)
+            fixed = seg(ub - r) <= margin / _LOG2E                       # ub: no log-weight exceeds it
+            shift = torch.where(fixed[ki - k], r, torch.zeros_like(r))
+            # float32 rounding estimate per cluster: eps·((max √s‖q − m‖ + r·max √s)² + max|shift| + max log c)
+            rounding = _EPS32 * ((seg(dist * s.sqrt()) + radius[k:last + 1] * seg(s).sqrt()) ** 2
+                                 + seg(shift.abs()) + log_cmax[k:last + 1])
+            s = s.mul_(_LOG2E)[:, None]
+            lhs[:, P + 2] = -(s[:, 0] * dist.pow(2) + _LOG2E * shift)
+            qc.mul_(2 * s)
+            lhs[:, P:P + 2] = torch.cat([-s, torch.full_like(s, _LOG2E)], 1)
+            exact, fixed = (rounding > _ROUNDING).tolist(), fixed.tolist()
+            lhs32 = lhs.to(q.dtype) if not all(exact) else None
             for c in range(k, last + 1):
                 i, j = ends[c] - per[c] - a, ends[c] - a
                 if i == j:
@@ -262,9 +300,13 @@ class PatchBank:
                 rows = slice(start[c], start[c + 1])
                 dt = torch.float64 if exact[c - k] else q.dtype
                 logit = (lhs[i:j] if exact[c - k] else lhs32[i:j]) @ self._centred(dt)[0][rows].T  # (n, m)
-                m = logit.amax(1, keepdim=True)
-                w = logit.sub_(m).to(q.dtype).clamp_min_(floor).exp2_()    # in the input's dtype
-                tops.append(m)
+                if fixed[c - k]:
+                    self.n_fixed += 1
+                    tops.append(_LOG2E * shift[i:j, None])
+                else:
+                    tops.append(logit.amax(1, keepdim=True))
+                    logit.sub_(tops[-1])
+                w = logit.to(q.dtype).clamp_min_(floor).exp2_()    # in the input's dtype
                 sums.append(vals[:, rows] @ w.T)
             k, a = last + 1, b
         top = torch.cat(tops).double().flatten()

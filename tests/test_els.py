@@ -591,3 +591,69 @@ def test_streamed_machine_exact_at_low_noise(tiny, kind, k):
     x = data[:2] + 0.03 * torch.randn(2, 2, 5, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     got = els.ScoreMachine(data, kind, k, bank_min=float("inf"))(x, 0.03)
     torch.testing.assert_close(got, brute_force(x, data, 0.03, kind, k), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("sigma", [1e-4, 0.02, 0.3])
+def test_keep_by_one_product_is_the_bound_rule_with_the_largest_mass(sigma):
+    # plan's keep (one product per query and cluster) keeps every cluster the bound log C_k − s ℓ_k²
+    # keeps, and no cluster that the same rule with max C would skip (up to rounding)
+    from companion._els_bank import PatchBank
+
+    data = _real_digits(16)
+    g = torch.Generator().manual_seed(12)
+    x = data[:2] + sigma * torch.randn(2, 1, 16, 16, generator=g, dtype=torch.float64)
+    pos = torch.arange(256).reshape(16, 16)[1:15, 1:15].flatten()
+    unf = lambda t: torch.nn.functional.unfold(torch.nn.functional.pad(t, (1,) * 4), 3)[:, :, pos]  # noqa: E731
+    bank = PatchBank(unf(data).permute(0, 2, 1).reshape(-1, 9), data.flatten(2)[:, 0, pos].reshape(-1, 1),
+                     cluster_rows=64)
+    q = unf(x).permute(0, 2, 1).reshape(-1, 9)
+    s = torch.full((len(q),), 0.5 / sigma**2, dtype=torch.float64)
+    tol = 1e-7
+    ref, keep, _ = bank.plan(q, s, tol)
+    floor = (ref - math.log(bank.n_clusters / tol))[:, None]
+    _, bound = bank.cluster_bounds(q, s)
+    assert (keep | (bound < floor)).all()
+    widest = bound - bank.log_mass + bank.log_mass.max()                # log max C − s ℓ_k²
+    slack = 1e-9 * (1 + floor.abs())
+    assert ((widest >= floor - slack) | ~keep).all() and ((widest < floor + slack) | keep).all()
+    assert 0 < keep.double().mean() < (0.3 if sigma < 0.1 else 1.0)
+
+
+def _near_ties(n=60, seed=13):
+    """Training images in pairs a, a + d with a small d, and queries a + d/2 + e (e much smaller): every
+    query patch is nearly equidistant from two training patches. Returns data, queries, a, d."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(n // 2, 1, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
+    d = 3e-4 * torch.randn(n // 2, 1, 8, 8, generator=g, dtype=torch.float64)
+    e = 1e-5 * torch.randn(4, 1, 8, 8, generator=g, dtype=torch.float64)
+    return torch.cat([a, a + d]), (a + d / 2)[:4] + e, a[:4], d[:4]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case,sigma", [("digits", 1e-4), ("digits", 0.02), ("digits", 0.1), ("digits", 0.4),
+                                        ("ties", 1e-4), ("ties", 3e-4)])
+def test_cluster_shifts_equal_the_plain_machine(case, sigma, dtype, monkeypatch):
+    # clusters evaluated with the query's ref as a fixed shift and with their own maximum agree
+    # with the plain float64 machine (2 tol max|v|; 1e-4 for float32 input), near ties included
+    from companion._els_bank import PatchBank
+
+    monkeypatch.setattr(PatchBank, "_pair_cost", 0.0)
+    monkeypatch.setattr(PatchBank, "_overhead", -1)
+    if case == "digits":
+        data = _real_digits(8)
+        x = data[:3] + sigma * torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(14),
+                                           dtype=torch.float64)
+    else:
+        data, x, a, d = _near_ties()
+    plain = els.equivariant_local(data.double(), 3, bank_min=float("inf"))(x, sigma)
+    tol = 1e-7
+    fast = els.equivariant_local(data.to(dtype), 3, tol=tol, bank_min=1)
+    got = fast(x.to(dtype), sigma).double()
+    limit = 2 * tol * data.abs().max().item() + 1e-12 if dtype == torch.float64 else 1e-4
+    assert torch.isfinite(got).all() and (got - plain).abs().max() <= limit
+    fixed = sum(b.n_fixed for b in fast._banks.values())
+    active = sum(b.last_cost["active"] for b in fast._banks.values())
+    assert 0 < fixed and (fixed < active or sigma > 1e-3)       # both shifts at tiny noise
+    if case == "ties" and sigma == 1e-4:                    # some ties undecided, away from the midpoint
+        t = (plain - a) / d
+        assert ((t > 0.05) & (t < 0.95) & (t - 0.5).abs().gt(0.05)).any()
