@@ -427,21 +427,30 @@ def test_cluster_and_window_paths_equal_the_plain_machine(size, k, sigma, path, 
     assert torch.isfinite(f32).all() and (f32.double() - plain).abs().max() < 1e-4
 
 
+def _interior_bank(data, x, k):
+    """A PatchBank (64-row clusters) of the k×k patches at the interior positions (no padding) of
+    the 16×16 ``data``, and the query patches ``(Q, k²)`` of ``x`` at those positions."""
+    from companion._els_bank import PatchBank
+
+    d = k // 2
+    pos = torch.arange(256).reshape(16, 16)[d:16 - d, d:16 - d].flatten()
+
+    def patches(t):
+        unf = torch.nn.functional.unfold(torch.nn.functional.pad(t, (d,) * 4), k)[:, :, pos]
+        return unf.permute(0, 2, 1).reshape(-1, k * k)
+    centres = data.flatten(2)[:, :, pos].permute(0, 2, 1).reshape(-1, 1)
+    return PatchBank(patches(data), centres, cluster_rows=64), patches(x)
+
+
 @pytest.mark.parametrize("sigma", [0.02, 0.3])
 def test_cluster_bounds_hold_and_prune(sigma):
     # no row of a cluster may exceed its bound log C_k − s ℓ_k²; at low noise most clusters fall
     # below the reference by log(K/tol) and are skipped
-    from companion._els_bank import PatchBank
-
     data = _real_digits(16)
     g = torch.Generator().manual_seed(9)
     x = data[:2] + sigma * torch.randn(2, 1, 16, 16, generator=g, dtype=torch.float64)
-    pos = torch.arange(256).reshape(16, 16)[2:14, 2:14].flatten()
-    patches = lambda t: torch.nn.functional.unfold(torch.nn.functional.pad(t, (2,) * 4), 5)[:, :, pos]  # noqa: E731
-    y = patches(data).permute(0, 2, 1).reshape(-1, 25)
-    bank = PatchBank(y, data.flatten(2)[:, :, pos].permute(0, 2, 1).reshape(-1, 1), cluster_rows=64)
+    bank, q = _interior_bank(data, x, 5)
     assert bank.n_clusters > 10 and sorted(bank.members.tolist()) == list(range(bank.n_rows))
-    q = patches(x).permute(0, 2, 1).reshape(-1, 25)
     s = torch.full((len(q),), 0.5 / sigma**2, dtype=torch.float64)
     _, bound = bank.cluster_bounds(q, s)
     logw = bank.logc - s[:, None] * torch.cdist(q, bank.y.double()).pow(2)        # (Q, N) rows
@@ -597,16 +606,10 @@ def test_streamed_machine_exact_at_low_noise(tiny, kind, k):
 def test_keep_by_one_product_is_the_bound_rule_with_the_largest_mass(sigma):
     # plan's keep (one product per query and cluster) keeps every cluster the bound log C_k − s ℓ_k²
     # keeps, and no cluster that the same rule with max C would skip (up to rounding)
-    from companion._els_bank import PatchBank
-
     data = _real_digits(16)
     g = torch.Generator().manual_seed(12)
     x = data[:2] + sigma * torch.randn(2, 1, 16, 16, generator=g, dtype=torch.float64)
-    pos = torch.arange(256).reshape(16, 16)[1:15, 1:15].flatten()
-    unf = lambda t: torch.nn.functional.unfold(torch.nn.functional.pad(t, (1,) * 4), 3)[:, :, pos]  # noqa: E731
-    bank = PatchBank(unf(data).permute(0, 2, 1).reshape(-1, 9), data.flatten(2)[:, 0, pos].reshape(-1, 1),
-                     cluster_rows=64)
-    q = unf(x).permute(0, 2, 1).reshape(-1, 9)
+    bank, q = _interior_bank(data, x, 3)
     s = torch.full((len(q),), 0.5 / sigma**2, dtype=torch.float64)
     tol = 1e-7
     ref, keep, _ = bank.plan(q, s, tol)
