@@ -31,10 +31,11 @@ the plain machine (``bank_min=inf``), which is exact up to float64 rounding.
 weights sum to at most tol times its normalizer (skipping the lightest first skips the most candidates for a
 given mass, so no method that is exact to tol -- ours: the machine's ``tol`` -- can keep fewer).
 "ceiling" is the speed-up over the baseline of the machine's own inner loop driven by an oracle: it
-evaluates exactly the needed pairs, each at the cost per pair of that loop measured here on one tile shape
-(:func:`pair_seconds`: logits by a product with P + 3 columns, exp2, weighted sums by a second product), with
+evaluates exactly the needed pairs, each at the cost per pair of that loop measured here (:func:`pair_seconds`:
+the fused kernel of companion._native -- logits with P + 3 columns, exp2 and weighted sums of a block of pairs
+kept in registers -- or, where it cannot be built, torch's two products with exp2 between them), with
 no bounds, planning or other overhead. It is the most this design (deduplicate, skip exactly to tol,
-evaluate each kept pair by products and exp2) can gain with perfect skipping on this CPU; it is not a bound
+evaluate each kept pair by a dot product and exp2) can gain with perfect skipping on this CPU; it is not a bound
 for every conceivable method (one that never forms a logit per kept pair, e.g. a series expansion, is not
 covered; an earlier version of this benchmark took one float32 exp per pair as the floor, which exp2, at a
 quarter of the cost, showed to be no floor at all). At high noise nearly every pair is needed, so the
@@ -59,7 +60,7 @@ import torch
 import torch.nn.functional as F
 
 import companion as cp
-from companion import els, recipes, samplers
+from companion import _native, els, recipes, samplers
 
 LOG2E = 1 / math.log(2)
 
@@ -166,21 +167,27 @@ def needed_pairs(x, classes, sigma, k, tols, chunk=2**22, max_queries=None):
 
 
 def pair_seconds(P, rows=2**16, shape=(512, 512), repeat=5):
-    """Seconds per (query, candidate) pair of the machine's inner loop on this machine (one thread):
-    the logits of ``shape[0]`` queries against ``rows`` candidates by products ``(n, P + 3) x (P + 3,
-    m)`` in tiles of ``shape`` (the machine's tile at high noise), their exp2 in place, and the
-    weighted sums ``[v, 1]^T w^T`` added in float64: the work per pair with nothing skipped and no
-    planning, bounds or other overhead."""
+    """Seconds per (query, candidate) pair of the machine's inner loop on this machine (one thread),
+    with nothing skipped and no planning, bounds or other overhead: ``shape[0]`` queries against
+    ``rows`` candidates, logits with P + 3 columns, their exp2 and the weighted sums ``[v, 1]``. That is
+    the fused kernel (companion._native, one segment, fixed shift) when it is available, else torch's
+    products ``(n, P + 3) x (P + 3, m)`` in tiles of ``shape`` with exp2 in place in between."""
     g = torch.Generator().manual_seed(0)
     n, m = shape
     lhs, table = torch.randn(n, P + 3, generator=g) / P, torch.randn(rows, P + 3, generator=g) / P
     vals = torch.randn(2, rows, generator=g)
+    if _native.load() is not None:
+        tab_t = F.pad(table.T, (0, _native.PAD))
+        vals_t = F.pad(vals, (0, _native.PAD))
 
-    def loop():
-        acc = torch.zeros(2, n, dtype=torch.float64)
-        for a in range(0, rows, m):
-            acc += (vals[:, a:a + m] @ (lhs @ table[a:a + m].T).exp2_().T).double()
-        return acc
+        def loop():
+            return _native.softmax_sums(lhs, tab_t, vals_t, [0], [n], [0], [rows], [False], -126.0)
+    else:
+        def loop():
+            acc = torch.zeros(2, n, dtype=torch.float64)
+            for a in range(0, rows, m):
+                acc += (vals[:, a:a + m] @ (lhs @ table[a:a + m].T).exp2_().T).double()
+            return acc
     _, best = timed(loop, repeat)
     return best / (n * rows)
 
@@ -235,7 +242,8 @@ def main(quick=False, repeat=3, tol=1e-7):
     t_pair = {k: pair_seconds(k * k) for k in (3, 5)}
     print(f"ELS, zero padding, digits, {n_query} queries vs 1000 training images, float32, "
           f"{torch.get_num_threads()} thread(s), best of {repeat}; times in seconds; machine tol {tol:g}; "
-          "inner loop per pair: " + ", ".join(f"k={k} {t * 1e9:.2f} ns" for k, t in t_pair.items()))
+          f"inner loop ({'fused kernel' if _native.load() is not None else 'torch: ' + _native.reason}) per pair: "
+          + ", ".join(f"k={k} {t * 1e9:.2f} ns" for k, t in t_pair.items()))
     head = (f"{'data':>5} {'k':>1} {'sigma':>5} {'batched':>7} {'els 1st':>7} {'els':>6} {'speed-up':>8} "
             f"{'vs exp2':>7} {'max|diff|':>9} {'base err':>8} {'els err':>7} {'needed':>6} {'ceiling':>7} "
             f"{'ceil@5e-5':>9}")

@@ -34,6 +34,8 @@ Two reductions make it fast without changing the result beyond a stated toleranc
   Each call evaluates the bank the cheaper way by a cost estimate (pairs to evaluate, plus a fixed
   cost per cluster): at high noise the windows (nothing to skip: one slice, no overhead), at low
   noise the clusters (the union of a group's windows is much larger than each query's kept set).
+  Small calls (at most ``_direct_pairs`` query-row pairs) skip the planning and evaluate the whole
+  bank, each query with its own maximum.
 
 Logits come out of one matrix product per group of queries, after shifting both sides by the
 group's mean query when that reduces the float32 cancellation of :math:`\|q\|^2 - 2q\cdot y +
@@ -44,13 +46,19 @@ Weights are computed as :math:`2^{\ell \log_2 e}` for a logit :math:`\ell` (the 
 number are clamped there (``exp2`` is ~3x slower beyond it unless denormals are flushed; the clamped
 weights change the normalizer by less than ``m·e^-47``). The softmax-weighted sums come out
 of a second product laid out as ``[v, 1]ᵀ · wᵀ`` (a wide output, several times faster than
-``w · [v, 1]``) and are accumulated in float64.
+``w · [v, 1]``) and are accumulated in float64. For float32 queries on the CPU, the same three steps
+run fused in :mod:`companion._native`'s kernel when it can be built (logits, ``exp2`` and sums of a
+block of pairs in registers, ~2x faster per pair; float64 logits where float32 would round too much),
+with the same shifts, clamps and float64 accumulation: the two paths agree to float32 rounding.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
+
+from . import _native
 
 __all__ = ["PatchBank"]
 
@@ -81,7 +89,12 @@ class PatchBank:
         values: ``(N, V)`` the values a posterior averages (the patches' centre pixels).
         dedup: merge identical (patch, value) rows into one with its count.
         cluster_rows: mean number of rows per cluster (``K = ⌈n_rows / cluster_rows⌉`` clusters).
+
+    ``native`` (default ``True``): evaluate float32 pairs on the CPU with the fused kernel of
+    :mod:`companion._native` when it is available (``False``: always with torch).
     """
+
+    native = True
 
     def __init__(self, patches: torch.Tensor, values: torch.Tensor, dedup: bool = True,
                  cluster_rows: int = 256):
@@ -127,12 +140,16 @@ class PatchBank:
                        span: int = 2048, tile: int = 2**18) -> torch.Tensor:
         """Posterior means ``(Q, V)`` of queries ``q`` ``(Q, P)`` with ``inv2s2 = 1/2σ²`` ``(Q,)``.
 
-        ``tol = 0`` keeps every candidate (deduplication alone, exact). The bank is evaluated by
+        ``tol = 0`` keeps every candidate (deduplication alone, exact). Up to ``_direct_pairs``
+        (query, row) pairs the whole bank is evaluated; otherwise it is evaluated by
         clusters or by windows (:meth:`plan`), whichever the cost estimate says is cheaper; windows
         are evaluated in tiles of about ``tile`` logits, and windows that span the whole bank (high
         noise) in groups of up to 512 queries (512 queries by 512 rows run ~1.2-1.4x faster per
         logit than 64 by 4096 on one CPU thread).
         """
+        if q.shape[0] * self.n_rows <= self._direct_pairs:   # small: the whole bank, no planning
+            self.last_cost = dict(windows=q.shape[0] * self.n_rows, clusters=math.nan, active=0)
+            return self._softmax_mean(q, inv2s2, None, slice(0, self.n_rows), max(256, tile // len(q))).to(q.dtype)
         ref, keep, windows = self.plan(q, inv2s2, tol, group, span)
         # cost in pairs of the two evaluations: by windows, or by clusters (plus a fixed cost each)
         by_window = sum(len(idx) * (hi - lo) for idx, lo, hi in windows)
@@ -244,6 +261,9 @@ class PatchBank:
     # one CPU thread, 8x8 and 16x16 digits, k = 3 and 5, sigma 0.02-0.5): 1.3x per pair, and a fixed
     # cost per active cluster worth ~1e4 pairs of a window. Either choice gives the same result.
     _pair_cost, _overhead = 1.3, 10_000
+    # at most this many pairs (queries x rows) are evaluated whole, each query with its own maximum:
+    # planning (~1-2 ms a call) would cost more than it saves
+    _direct_pairs = 2**21
 
     def _by_cluster(self, q, inv2s2, ref, keep, block: int = 2**16):
         """Posterior means ``(Q, V)``: each kept cluster against the queries that keep it.
@@ -293,24 +313,34 @@ class PatchBank:
             lhs[:, P:P + 2] = torch.cat([-s, torch.full_like(s, _LOG2E)], 1)
             exact, fixed = (rounding > _ROUNDING).tolist(), fixed.tolist()
             lhs32 = lhs.to(q.dtype) if not all(exact) else None
-            for c in range(k, last + 1):
+            # top: each pair's log2 weight at 0 (its shift, plus its maximum where the shift is not fixed)
+            top, bsum = _LOG2E * shift, torch.zeros(b - a, V + 1, dtype=torch.float64, device=dev)
+            todo = [c for c in range(k, last + 1) if per[c]]
+            self.n_fixed += sum(fixed[c - k] for c in todo)
+            fast = set(todo) if self._native(q, q.dtype) else set()
+            for dt, lhs_dt in ((q.dtype, lhs32), (torch.float64, lhs)):   # the fused kernel: a segment per cluster
+                group = [c for c in todo if c in fast and exact[c - k] == (dt == torch.float64)]
+                if group:
+                    sums_dt, ktop = _native.softmax_sums(
+                        lhs_dt, *self._native_tables(True, dt), [ends[c] - per[c] - a for c in group],
+                        [ends[c] - a for c in group], [start[c] for c in group], [start[c + 1] for c in group],
+                        [not fixed[c - k] for c in group], floor)
+                    bsum, top = bsum + sums_dt, top + ktop.double()     # both 0 for the pairs of no segment
+            for c in sorted(set(todo) - fast):
                 i, j = ends[c] - per[c] - a, ends[c] - a
-                if i == j:
-                    continue
                 rows = slice(start[c], start[c + 1])
                 dt = torch.float64 if exact[c - k] else q.dtype
                 logit = (lhs[i:j] if exact[c - k] else lhs32[i:j]) @ self._centred(dt)[0][rows].T  # (n, m)
-                if fixed[c - k]:
-                    self.n_fixed += 1
-                    tops.append(_LOG2E * shift[i:j, None])
-                else:
-                    tops.append(logit.amax(1, keepdim=True))
-                    logit.sub_(tops[-1])
+                if not fixed[c - k]:
+                    top[i:j] = logit.amax(1)
+                    logit.sub_(top[i:j, None].to(dt))
                 w = logit.to(q.dtype).clamp_min_(floor).exp2_()    # in the input's dtype
-                sums.append(vals[:, rows] @ w.T)
+                bsum[i:j] = (vals[:, rows] @ w.T).T
+            tops.append(top)
+            sums.append(bsum)
             k, a = last + 1, b
-        top = torch.cat(tops).double().flatten()
-        sums = torch.cat(sums, 1).T.double()
+        top = torch.cat(tops)
+        sums = torch.cat(sums)
         best = torch.full((Q,), -math.inf, dtype=torch.float64, device=dev).scatter_reduce_(0, qq, top, "amax")
         acc = torch.zeros(Q, V + 1, dtype=torch.float64, device=dev).index_add_(
             0, qq, sums * torch.exp2(top - best[qq])[:, None])
@@ -327,6 +357,21 @@ class PatchBank:
             one = torch.ones_like(logc)
             self.__dict__[key] = (torch.cat([yc, yc.pow(2).sum(1, keepdim=True), logc, one], 1).to(dtype),
                                   torch.cat([self.v[self.members].double(), one], 1).T.contiguous().to(dtype))
+        return self.__dict__[key]
+
+    def _native(self, q, dt) -> bool:
+        """Whether the fused kernel evaluates float32 queries ``q`` with logits in ``dt``: on the CPU,
+        at most 3 channels, :attr:`native` set and the kernel available (:mod:`companion._native`)."""
+        return (self.native and q.dtype == torch.float32 and q.device.type == "cpu"
+                and self.v.shape[1] <= 3 and _native.load() is not None)
+
+    def _native_tables(self, centred: bool, dtype=torch.float32):
+        """The tables of :meth:`_centred` (``centred``) or :meth:`_table` in ``dtype``, transposed,
+        with ``_native.PAD`` zero columns appended, for the fused kernel (cached)."""
+        key = ("native", centred, dtype)
+        if key not in self.__dict__:
+            tab, vals = (self._centred if centred else self._table)(dtype)[:2]
+            self.__dict__[key] = (F.pad(tab.T, (0, _native.PAD)), F.pad(vals, (0, _native.PAD)))
         return self.__dict__[key]
 
     def _table(self, dtype):
@@ -353,7 +398,7 @@ class PatchBank:
         table, vals, ymax = self._table(q.dtype)
         table, vals = table[rows], vals[:, rows]
         smax = float(inv2s2.max())
-        dt, qc, ynorm = q.dtype, q, float(ymax)
+        dt, qc, ynorm, centred = q.dtype, q, float(ymax), False
         rounding = _EPS32 * (float(q.norm(dim=1).max()) + float(ymax)) ** 2 * smax
         if q.dtype != torch.float64 and rounding > _ROUNDING:
             c = q.mean(0, keepdim=True)
@@ -364,24 +409,36 @@ class PatchBank:
                 dt = torch.float64
             table = torch.cat([yc, yc.pow(2).sum(1, keepdim=True), self.logc[rows, None],
                                torch.ones_like(yc[:, :1])], 1).to(dt)
-            qc = q.double() - c.double()            # exact before a float64 product
+            qc, centred = q.double() - c.double(), True            # exact before a float64 product
         # logits in dt; weights (exp of logits minus their shift, ≤ 0) in the input's dtype
         table, vals, qc = table.to(dt), vals.to(q.dtype), qc.to(dt)
         # every log-weight is ≤ max log c, and the best one is ≥ ref: if max log c − ref is moderate,
         # shift by max log c (no overflow, no underflow of the largest weight, no running maximum)
-        peak = float(self.logc.max()) - ref
         # exp2 leaves its fast path below the smallest normal number: logits are clamped at `floor`
         # (each clamped weight is below e^floor times the largest weight, or e^(floor + margin) when
         # the shift is fixed: a relative change below m·e^-47 of the normalizer)
         floor, margin = (-700.0, 600.0) if q.dtype == torch.float64 else (-87.0, 40.0)   # natural log units
-        fixed = float(peak.max()) <= margin
-        shift = ref + peak if fixed else ref
+        if ref is None:                                     # no reference: each query's own maximum
+            fixed, shift = False, torch.zeros(n, dtype=torch.float64, device=q.device)
+        else:
+            peak = float(self.logc.max()) - ref
+            fixed = float(peak.max()) <= margin
+            shift = ref + peak if fixed else ref
         s = inv2s2.to(dt)[:, None]
         lhs = _LOG2E * torch.cat([2 * s * qc, -s, torch.ones_like(s), -s * qc.pow(2).sum(1, keepdim=True)
                                   - shift.to(dt)[:, None]], 1)                 # (n, P + 3), log2 units
         # no clamp needed when even the farthest row, ‖q − y‖ ≤ ‖q‖ + max‖y‖, stays above the floor
         far = (-inv2s2.double() * (qc.double().norm(dim=1) + ynorm) ** 2 - shift.double()).min()
         clamp = not fixed or float(far) < floor
+        if self._native(q, dt):        # the fused kernel: one segment, its own maximum unless the shift is fixed
+            if not centred:
+                tab, vals, lo, hi = *self._native_tables(False, dt), rows.start, rows.stop
+            else:
+                tab, vals = F.pad(table.T, (0, _native.PAD)), F.pad(vals.to(dt), (0, _native.PAD))
+                lo, hi = 0, len(table)
+            sums = _native.softmax_sums(lhs.contiguous(), tab, vals, [0], [n], [lo], [hi],
+                                        torch.tensor([not fixed]), floor * _LOG2E)[0]
+            return sums[:, :-1] / sums[:, -1:]
         acc = torch.zeros(vals.shape[0], n, dtype=torch.float64, device=q.device)    # [Σ w v, Σ w]ᵀ
         m_run = torch.full((1, n), -math.inf, dtype=torch.float64, device=q.device)
         for a in range(0, table.shape[0], rows_per_chunk):

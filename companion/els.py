@@ -42,8 +42,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from . import _native
 from ._checks import as_sigma, as_tensor
-from ._els_bank import PatchBank
+from ._els_bank import _LOG2E, PatchBank
 
 __all__ = [
     "ScoreMachine", "ideal", "local", "equivariant_local", "position_classes", "local_weights",
@@ -337,6 +338,12 @@ class ScoreMachine:
                 for g in range(G):
                     out[:, :, idx[g]] = self._bank_mean(data, q, s, k, idx[g])
                 continue
+            if allowed is None and V <= 3 and PatchBank.native and x.dtype == torch.float32 \
+                    and x.device.type == "cpu" and _native.load() is not None:
+                fused = self._fused_mean(data, q, inv2s2, k, idx)
+                if fused is not None:
+                    out[:, :, idx] = fused
+                    continue
             qg = q[:, :, idx].permute(2, 0, 3, 1).reshape(G, B, n, P)
             # logits in one product: [2q/2σ², −1/2σ²]·[y; ‖y‖²] = −(‖y‖² − 2q·y)/2σ²
             # (the query's own ‖q‖² is a constant of each softmax and is dropped)
@@ -364,6 +371,34 @@ class ScoreMachine:
             est = (acc[:, :V] / acc[:, V:]).reshape(G, V, B, n).permute(2, 1, 0, 3)       # (B, V, G, n)
             out[:, :, idx] = est
         return out.reshape(B, C, H, W)
+
+    def _fused_mean(self, data, q, inv2s2, k, idx):
+        """The posterior means ``(B, V, G, n)`` of the loop above (no labels, float32 on the CPU) by
+        the fused kernel of :mod:`companion._native`: one segment per group of positions, each query
+        with its own maximum, the same float32 logits; ``None`` when the table is too large to cache."""
+        G, n = idx.shape
+        B, P, K = q.shape[0], q.shape[1], data.shape[0]
+        key = ("fused", k, tuple(idx.shape), int(idx[0, 0]))
+        if key not in self._tables:
+            self._candidates(data, k, idx, 0, 0)                       # tabulates the patches if small enough
+            if self._tables[(k, tuple(idx.shape), int(idx[0, 0]), data.dtype, data.device)] is None:
+                self._tables[key] = None
+            else:
+                ca, vg = self._candidates(data, k, idx, 0, K)             # (G, P+1, K n), (G, K n, V+1)
+                self._tables[key] = (F.pad(ca.permute(1, 0, 2).reshape(P + 1, -1), (0, _native.PAD)),
+                                     F.pad(vg.permute(2, 0, 1).reshape(vg.shape[2], -1), (0, _native.PAD)))
+        if self._tables[key] is None:
+            return None
+        table, vals = self._tables[key]
+        s = inv2s2.reshape(1, B, 1, 1)
+        qg = q[:, :, idx].permute(2, 0, 3, 1).reshape(G, B, n, P)
+        lhs = _LOG2E * torch.cat([qg * (2 * s), (-s).expand(G, B, n, 1)], -1)          # log2 units
+        rows = torch.arange(G + 1) * (B * n)
+        cols = torch.arange(G + 1) * (K * n)
+        sums = _native.softmax_sums(lhs.reshape(G * B * n, P + 1).contiguous(), table, vals, rows[:-1], rows[1:],
+                                    cols[:-1], cols[1:], torch.ones(G, dtype=torch.bool), -126.0)[0]
+        est = (sums[:, :-1] / sums[:, -1:]).to(q.dtype)                                    # (G B n, V)
+        return est.reshape(G, B, n, -1).permute(1, 3, 0, 2)
 
     def _bank_mean(self, data, q, s, k, pos) -> torch.Tensor:
         """Posterior means ``(B, V, n)`` of the queries at positions ``pos`` ``(n,)`` through a

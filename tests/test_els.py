@@ -9,6 +9,14 @@ import torch
 from companion import els
 
 
+@pytest.fixture(autouse=True)
+def _plan_small_banks_too(monkeypatch):
+    # the tests' banks are small: without this they would be evaluated whole (PatchBank._direct_pairs)
+    # and the pruning they check would never run; the tests of the direct path set it back
+    from companion._els_bank import PatchBank
+    monkeypatch.setattr(PatchBank, "_direct_pairs", 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # brute force: enumerate every candidate patch explicitly, pixel by pixel, in float64
 
@@ -506,7 +514,7 @@ def test_plan_skips_at_most_tol_times_the_reference(case, sigma):
     assert not in_window.all() and not keep.all()                        # something is skipped
 
 
-@pytest.mark.parametrize("path", ["clusters", "windows"])
+@pytest.mark.parametrize("path", ["clusters", "windows", "direct"])
 def test_float32_bank_resolves_near_ties_at_tiny_sigma(path, monkeypatch):
     # each query sits halfway between two rows q ± d (as rounded in float32): at σ = 1e-4 the
     # posterior between them hinges on squared distances that differ by ~1e-9, so the float32
@@ -516,6 +524,7 @@ def test_float32_bank_resolves_near_ties_at_tiny_sigma(path, monkeypatch):
 
     monkeypatch.setattr(PatchBank, "_pair_cost", 0.0 if path == "clusters" else 1.0)
     monkeypatch.setattr(PatchBank, "_overhead", -1 if path == "clusters" else math.inf)
+    monkeypatch.setattr(PatchBank, "_direct_pairs", 2**40 if path == "direct" else 0)
     g = torch.Generator().manual_seed(11)
     q = torch.randn(40, 9, generator=g)
     d = 0.3 * torch.randn(40, 9, generator=g)

@@ -1,0 +1,226 @@
+"""The fused softmax-sums kernel (companion/_softmax_sums.cpp via companion._native)."""
+import math
+import os
+import pathlib
+import platform
+import shutil
+
+import pytest
+import torch
+
+from companion import _native
+
+kernel = pytest.mark.skipif(_native.load() is None, reason=f"fused kernel unavailable: {_native.reason}")
+
+
+def _reference(lhs, table, vals, seg, floor):
+    """The kernel's definition in float64, segment by segment: ``(sums, top)``."""
+    logit = lhs.double() @ table.double()
+    sums = torch.zeros(lhs.shape[0], vals.shape[0], dtype=torch.float64)
+    top = torch.zeros(lhs.shape[0], dtype=torch.float64)
+    for p0, p1, c0, c1, own in zip(*seg):
+        p, c = slice(p0, p1), slice(c0, c1)
+        if own:
+            top[p] = logit[p, c].amax(1)
+        sums[p] = torch.exp2((logit[p, c] - top[p, None]).clamp_min(floor)) @ vals[:, c].double().T
+    return sums, top
+
+
+def _problem(g, dtype, n, K, m, V1, n_seg):
+    lhs = torch.randn(n, K, generator=g, dtype=dtype) * 2 / math.sqrt(K)
+    table = torch.randn(K, m + _native.PAD, generator=g, dtype=dtype)
+    vals = torch.rand(V1, m + _native.PAD, generator=g, dtype=dtype)
+    cuts = sorted(torch.randint(0, n + 1, (n_seg - 1,), generator=g).tolist())
+    lo, hi = [0] + cuts, cuts + [n]
+    c0 = torch.randint(0, m // 2, (n_seg,), generator=g)
+    c1 = (c0 + torch.randint(1, m // 2 + 1, (n_seg,), generator=g)).clamp_max(m)
+    own = (torch.rand(n_seg, generator=g) < 0.5).tolist()
+    return lhs, table, vals, (lo, hi, c0.tolist(), c1.tolist(), own)
+
+
+@kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("K,m,V1", [(1, 40, 2), (12, 3000, 2), (28, 700, 4), (60, 333, 3), (256, 64, 2)])
+def test_kernel_equals_its_definition(dtype, K, m, V1):
+    # odd sizes: partial blocks of 8 pairs, segments ending inside a vector, several column blocks
+    g = torch.Generator().manual_seed(K + m)
+    lhs, table, vals, seg = _problem(g, dtype, 37, K, m, V1, 6)
+    sums, top = _native.softmax_sums(lhs, table, vals, *seg, -126.0)
+    want, want_top = _reference(lhs, table, vals, seg, -126.0)
+    assert sums.dtype == torch.float64 and top.dtype == dtype
+    rel = ((sums - want) / want.abs().clamp_min(1e-300)).abs().max()
+    # float32: logits of magnitude up to ~10 round to ~1e-6 relative in their exp2
+    assert rel < (3e-6 if dtype == torch.float32 else 3e-7), float(rel)
+    torch.testing.assert_close(top.double(), want_top, rtol=0, atol=1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@kernel
+def test_kernel_clamps_at_the_floor_and_leaves_other_pairs_zero():
+    # logits far below the floor get weight 2^floor (no denormals); pairs of no segment stay zero
+    lhs = torch.tensor([[1.0], [1.0], [7.0]])
+    table = torch.zeros(1, 5 + _native.PAD)
+    table[0, :5] = torch.tensor([-300.0, -130.0, -1.0, 0.0, 2.0])
+    vals = torch.ones(2, 5 + _native.PAD)
+    sums, top = _native.softmax_sums(lhs, table, vals, [0], [2], [0], [5], [False], -126.0)
+    want = 2.0**-126 * 2 + 2.0**-1 + 1 + 4
+    torch.testing.assert_close(sums[:2], torch.full((2, 2), want, dtype=torch.float64), rtol=1e-6, atol=0)
+    assert (sums[2] == 0).all() and (top == 0).all()
+
+
+@kernel
+def test_kernel_own_maximum_never_overflows():
+    # logits of 1000 (2^1000 overflows float32): with its own maximum the weights stay finite
+    lhs = torch.tensor([[1000.0]])
+    table = torch.zeros(1, 3 + _native.PAD)
+    table[0, :3] = torch.tensor([1.0, 0.999, 0.5])
+    vals = torch.ones(2, 3 + _native.PAD)
+    sums, top = _native.softmax_sums(lhs, table, vals, [0], [1], [0], [3], [True], -126.0)
+    assert float(top[0]) == 1000.0 and math.isclose(float(sums[0, 0]), 1 + 2.0**-1, rel_tol=1e-5)
+
+
+@kernel
+@pytest.mark.parametrize("change,match", [
+    (dict(vals=torch.zeros(5, 40 + _native.PAD)), "vals must have 2 to 4 rows"),
+    (dict(table=torch.zeros(3, 40 + _native.PAD)), "do not match"),
+    (dict(col_hi=[40 + 1]), "readable columns"),
+    (dict(pair_hi=[9]), "within lhs"),
+    (dict(own_max=[True, False]), "one entry per segment"),
+    (dict(lhs=torch.zeros(8, 4, dtype=torch.float64)), "dtype"),
+    (dict(table=torch.zeros(40 + _native.PAD, 4).T), "contiguous"),
+])
+def test_kernel_rejects_bad_input(change, match):
+    args = dict(lhs=torch.zeros(8, 4), table=torch.zeros(4, 40 + _native.PAD), vals=torch.zeros(2, 40 + _native.PAD),
+                pair_lo=[0], pair_hi=[8], col_lo=[0], col_hi=[40], own_max=[False], floor=-126.0)
+    args.update(change)
+    with pytest.raises(ValueError, match=match):
+        _native.softmax_sums(**args)
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """The loader as on first use, with its cache in a temporary folder."""
+    monkeypatch.setattr(_native, "_tried", False)
+    monkeypatch.setattr(_native, "_lib", None)
+    monkeypatch.setenv("COMPANION_CACHE", str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None or os.environ.get("COMPANION_NATIVE") == "0",
+                    reason="no compiler, or the kernel turned off")
+def test_kernel_loads_where_a_compiler_exists():
+    # with a compiler the kernel must build and pass its check: a fallback here would hide a bug
+    assert _native.load() is not None, _native.reason
+
+
+def test_loader_can_be_turned_off_or_lack_a_compiler(fresh, monkeypatch):
+    monkeypatch.setenv("COMPANION_NATIVE", "0")
+    assert _native.load() is None and "COMPANION_NATIVE=0" in _native.reason
+    monkeypatch.setattr(_native, "_tried", False)
+    monkeypatch.setenv("COMPANION_NATIVE", "1")
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    assert _native.load() is None and "no C++ compiler" in _native.reason
+    with pytest.raises(RuntimeError, match="not available"):
+        _native.softmax_sums(torch.zeros(1, 1), torch.zeros(1, 40), torch.zeros(2, 40), [0], [1], [0], [1], [False], 0)
+    assert list(fresh.iterdir()) == []
+
+
+@kernel
+def test_loader_builds_once_into_the_cache_and_leaves_no_partial_file(fresh):
+    assert _native.load() is not None and _native.reason == "loaded"
+    built = sorted(p.name for p in fresh.iterdir())
+    assert len(built) == 1 and built[0].startswith("softmax_sums-") and built[0].endswith(".so")
+    stamp = (fresh / built[0]).stat().st_mtime_ns
+    _native._tried = False
+    assert _native.load() is not None and (fresh / built[0]).stat().st_mtime_ns == stamp   # reused
+
+
+@kernel
+def test_loader_falls_back_when_the_build_fails_or_the_check_fails(fresh, monkeypatch, tmp_path_factory):
+    bad = tmp_path_factory.mktemp("src") / "_softmax_sums.cpp"
+    bad.write_text("this is not C++\n")
+    monkeypatch.setattr(_native, "SOURCE", bad)
+    assert _native.load() is None and "could not be built" in _native.reason
+    assert list(fresh.iterdir()) == []                                      # no half-written library
+    # a kernel that builds but computes the wrong thing (a wrong polynomial coefficient) is refused
+    wrong = _native.SOURCE.parent / "wrong.cpp"
+    source = pathlib.Path(_native.__file__).with_name("_softmax_sums.cpp").read_text()
+    wrong.write_text(source.replace("0.6931469440460205", "0.6921469440460205"))
+    monkeypatch.setattr(_native, "SOURCE", wrong)
+    monkeypatch.setattr(_native, "_tried", False)
+    assert _native.load() is None and "failed its check" in _native.reason
+
+
+def _colour_digits(channels):
+    """40 of the 16×16 digits (float32), as 1 channel or 3 channels that differ."""
+    from companion import recipes
+
+    d = recipes.digits16(16, 40)[0].float()
+    return d if channels == 1 else torch.cat([d, d.roll(1, -1), -d], 1)
+
+
+@kernel
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("sigma", [1e-4, 0.02, 0.1, 2.0])
+@pytest.mark.parametrize("path", ["clusters", "windows", "direct"])
+def test_bank_with_the_kernel_equals_the_bank_without(path, sigma, channels, monkeypatch):
+    # each way of evaluating the bank, forced, with and without the kernel, against the float64 machine
+    from companion import els
+    from companion._els_bank import PatchBank
+
+    data = _colour_digits(channels)
+    x = data[:3] + sigma * torch.randn(data[:3].shape, generator=torch.Generator().manual_seed(8))
+    exact = els.equivariant_local(data.double(), 5, bank_min=float("inf"))(x.double(), sigma)
+    monkeypatch.setattr(PatchBank, "_direct_pairs", 2**40 if path == "direct" else 0)
+    monkeypatch.setattr(PatchBank, "_pair_cost", 0.0 if path == "clusters" else 1.0)
+    monkeypatch.setattr(PatchBank, "_overhead", -1 if path == "clusters" else math.inf)
+    used = []
+    orig = _native.softmax_sums
+    monkeypatch.setattr(_native, "softmax_sums", lambda lhs, *a: used.append(lhs.dtype) or orig(lhs, *a))
+    out = {}
+    for native in (False, True):
+        monkeypatch.setattr(PatchBank, "native", native)
+        out[native] = els.equivariant_local(data, 5, tol=1e-7, bank_min=1)(x, sigma)
+        assert bool(used) == native                                    # the kernel ran, or did not
+    assert (out[True].double() - out[False].double()).abs().max() < 2e-5
+    assert (out[True].double() - exact).abs().max() < 1e-4
+    if path == "clusters" and sigma == 1e-4:          # float32 logits would round too much: float64 ones
+        assert torch.float64 in used
+
+
+@kernel
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 only")
+def test_portable_build_without_avx512_equals_its_definition(fresh, monkeypatch):
+    # the exp2 without AVX-512 instructions (exponent bits by integer arithmetic) is checked too
+    monkeypatch.setattr(_native, "FLAGS", [f if f != "-march=native" else "-march=x86-64-v2" for f in _native.FLAGS])
+    assert _native.load() is not None, _native.reason
+    for dtype in (torch.float32, torch.float64):
+        lhs, table, vals, seg = _problem(torch.Generator().manual_seed(3), dtype, 29, 12, 500, 2, 4)
+        sums, top = _native.softmax_sums(lhs, table, vals, *seg, -126.0)
+        want, want_top = _reference(lhs, table, vals, seg, -126.0)
+        assert ((sums - want) / want.abs().clamp_min(1e-300)).abs().max() < 3e-6
+
+
+@kernel
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("sigma", [0.02, 0.5, 3.0])
+@pytest.mark.parametrize("kind", ["ls", "els"])
+def test_plain_machine_with_the_kernel_equals_it_without(kind, sigma, channels, monkeypatch):
+    # the loop over position classes (LS; ELS without banks) through the kernel, against torch and float64
+    from companion import data as cp_data, els
+    from companion._els_bank import PatchBank
+
+    d = cp_data.digits()[0][:100].float()
+    data = d if channels == 1 else torch.cat([d, d.flip(-1), -d], 1)
+    x = data[:4] + sigma * torch.randn(data[:4].shape, generator=torch.Generator().manual_seed(2))
+    build = els.local if kind == "ls" else els.equivariant_local
+    exact = build(data.double(), 3, bank_min=float("inf"))(x.double(), sigma)
+    used = []
+    orig = _native.softmax_sums
+    monkeypatch.setattr(_native, "softmax_sums", lambda lhs, *a: used.append(1) or orig(lhs, *a))
+    out = {}
+    for native in (False, True):
+        monkeypatch.setattr(PatchBank, "native", native)
+        out[native] = build(data, 3, bank_min=float("inf"))(x, sigma)
+        assert bool(used) == native
+    assert (out[True].double() - out[False].double()).abs().max() < 2e-5
+    assert (out[True].double() - exact).abs().max() < 1e-4
