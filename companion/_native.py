@@ -28,6 +28,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 
 import torch
 
@@ -35,10 +36,11 @@ __all__ = ["load", "softmax_sums", "PAD"]
 
 SOURCE = pathlib.Path(__file__).with_name("_softmax_sums.cpp")
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
-PAD = 32                  # readable columns a table needs past its last segment (the kernel's W * U)
+PAD = 32                  # finite (zero) columns a table needs past its last segment (the kernel's W * U)
 reason = "not loaded yet"
 _lib: ctypes.CDLL | None = None
 _tried = False
+_lock = threading.Lock()
 
 
 def _cpu_flags() -> str:
@@ -62,6 +64,9 @@ def _build(cxx: str) -> pathlib.Path:
             run = subprocess.run([cxx, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
             if run.returncode:
                 raise RuntimeError(f"{cxx} failed: {run.stderr.strip()[-500:]}")
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o755 & ~umask)                  # mkstemp's 0600 would keep a shared cache private
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -72,30 +77,28 @@ def _build(cxx: str) -> pathlib.Path:
 def load() -> ctypes.CDLL | None:
     """The compiled kernel, or ``None`` (then :data:`reason` says why); built and checked once."""
     global _lib, _tried, reason
-    if _tried:
+    with _lock:
+        if _tried:
+            return _lib
+        cxx = os.environ.get("CXX", "c++")
+        if os.environ.get("COMPANION_NATIVE", "1") == "0":
+            reason = "turned off by COMPANION_NATIVE=0"
+        elif shutil.which(cxx) is None:
+            reason = f"no C++ compiler ({cxx}) on PATH"
+        else:
+            try:
+                lib = ctypes.CDLL(str(_build(cxx)))
+                for fn, real in ((lib.softmax_sums_f32, ctypes.c_float), (lib.softmax_sums_f64, ctypes.c_double)):
+                    fn.restype = ctypes.c_int
+                    ptr, long = ctypes.c_void_p, ctypes.c_long
+                    fn.argtypes = ([long] + [ptr] * 5 + [ctypes.c_int] * 2 + [ptr] * 2
+                                   + [long, ptr, long, real, ptr, ptr])
+                error = _self_check(lib)
+                _lib, reason = (None, f"failed its check against torch: {error}") if error else (lib, "loaded")
+            except Exception as e:          # any failure to build, load or check: the torch path
+                _lib, reason = None, f"could not be built or loaded: {e}"
+        _tried = True
         return _lib
-    _tried = True
-    cxx = os.environ.get("CXX", "c++")
-    if os.environ.get("COMPANION_NATIVE", "1") == "0":
-        reason = "turned off by COMPANION_NATIVE=0"
-    elif shutil.which(cxx) is None:
-        reason = f"no C++ compiler ({cxx}) on PATH"
-    else:
-        try:
-            lib = ctypes.CDLL(str(_build(cxx)))
-            for fn, real in ((lib.softmax_sums_f32, ctypes.c_float), (lib.softmax_sums_f64, ctypes.c_double)):
-                fn.restype = ctypes.c_int
-                ptr, long = ctypes.c_void_p, ctypes.c_long
-                fn.argtypes = [long] + [ptr] * 5 + [ctypes.c_int] * 2 + [ptr] * 2 + [long, ptr, long, real, ptr, ptr]
-            _lib = lib
-            error = _self_check()
-            if error:
-                _lib, reason = None, f"failed its check against torch: {error}"
-            else:
-                reason = "loaded"
-        except (OSError, RuntimeError, ValueError, AttributeError, subprocess.SubprocessError) as e:
-            _lib, reason = None, f"could not be built or loaded: {e}"
-    return _lib
 
 
 def softmax_sums(lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floor):
@@ -104,12 +107,16 @@ def softmax_sums(lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, fl
     ``top_p = 0`` or, where ``own_max[s]``, the pair's largest logit; logits clamped below at ``floor``.
 
     Args: ``lhs`` ``(n, K)``; ``table`` ``(K, ld)`` and ``vals`` ``(V1, ld)`` (2 ≤ V1 ≤ 4), with
-    ``ld ≥ max(col_hi) + PAD``; ``pair_lo``, ``pair_hi``, ``col_lo``, ``col_hi`` ``(S,)`` integers;
-    ``own_max`` ``(S,)`` bool. Contiguous CPU tensors, all float32 or all float64 (the logits' type; the
-    weights are accurate to float32 either way). Returns ``(sums (n, V1) float64, top (n,))``, zero for
-    the pairs of no segment.
+    ``ld ≥ max(col_hi) + PAD`` (finite, e.g. zeros); ``pair_lo``, ``pair_hi``, ``col_lo``, ``col_hi``
+    ``(S,)`` integers, no two segments sharing a pair; ``own_max`` ``(S,)`` bool. Contiguous CPU
+    tensors, all float32 or all float64 (the logits' type; the weights are accurate to float32 either
+    way); ``floor`` between the least normal exponent (−126 or −1022) and 0. Returns ``(sums (n, V1)
+    float64, top (n,))``, zero for the pairs of no segment.
     """
-    lib = load()
+    return _call(load(), lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floor)
+
+
+def _call(lib, lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floor):
     if lib is None:
         raise RuntimeError(f"the fused kernel is not available: {reason}")
     n, K = lhs.shape
@@ -126,6 +133,12 @@ def softmax_sums(lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, fl
         raise ValueError("pair_lo, pair_hi, col_lo, col_hi and own_max must have one entry per segment")
     if len(pair_hi) and (int(pair_hi.max()) > n or int(pair_lo.min()) < 0 or int(col_lo.min()) < 0):
         raise ValueError(f"segments must lie within lhs's {n} rows and the table's columns")
+    order = torch.argsort(pair_lo)
+    if len(pair_lo) > 1 and bool((pair_hi[order[:-1]] > pair_lo[order[1:]]).any()):
+        raise ValueError("segments must not share pairs (pair_lo:pair_hi ranges overlap)")
+    least = -126.0 if lhs.dtype == torch.float32 else -1022.0
+    if not least <= floor <= 0:
+        raise ValueError(f"floor must lie in [{least:g}, 0] (the least normal exponent), got {floor!r}")
     dtype = lhs.dtype
     for name, t in (("lhs", lhs), ("table", table), ("vals", vals)):
         if t.dtype != dtype or dtype not in (torch.float32, torch.float64) or t.device.type != "cpu" \
@@ -138,11 +151,11 @@ def softmax_sums(lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, fl
     if fn(len(col_lo), pair_lo.data_ptr(), pair_hi.data_ptr(), col_lo.data_ptr(), col_hi.data_ptr(), own.data_ptr(),
           K, V1, lhs.data_ptr(), table.data_ptr(), table.stride(0), vals.data_ptr(), vals.stride(0), float(floor),
           sums.data_ptr(), top.data_ptr()):
-        raise ValueError(f"the kernel takes 1 to 256 logit columns, got {K}")
+        raise ValueError(f"lhs must have at least one column, got {K}")
     return sums, top
 
 
-def _self_check() -> str:
+def _self_check(lib) -> str:
     """An empty string if the kernel matches torch on a small problem (odd sizes, both modes, both types)."""
     g = torch.Generator().manual_seed(0)
     n, K, m = 11, 7, 45
@@ -150,7 +163,7 @@ def _self_check() -> str:
         lhs, table = torch.randn(n, K, generator=g, dtype=dtype), torch.randn(K, m + PAD, generator=g, dtype=dtype)
         vals = torch.rand(3, m + PAD, generator=g, dtype=dtype)
         pair_lo, pair_hi, col_lo, col_hi = [0, 5], [5, 11], [0, 3], [m, 20]
-        sums, top = softmax_sums(lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, [False, True], -126.0)
+        sums, top = _call(lib, lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, [False, True], -126.0)
         logit = lhs.double() @ table.double()
         for s in range(2):
             p, c = slice(pair_lo[s], pair_hi[s]), slice(col_lo[s], col_hi[s])

@@ -15,11 +15,13 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+#include <vector>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
-enum { R = 8, U = 2, CHUNK = 256, KMAX = 256 };
+enum { R = 8, U = 2, CHUNK = 256 };
 
 // T: the type of logits, tables and values (float, or double when float32 logits would round too much)
 template <typename T> struct Simd;
@@ -27,6 +29,7 @@ template <> struct Simd<float> {
     typedef float v __attribute__((vector_size(64)));
     typedef int32_t n;
     typedef n i __attribute__((vector_size(64)));
+    typedef uint32_t u __attribute__((vector_size(64)));
     static constexpr float magic = 12582912.0f;            // 1.5 * 2^23: adding it rounds to an integer
     static constexpr int mantissa = 23;
 };
@@ -34,6 +37,7 @@ template <> struct Simd<double> {
     typedef double v __attribute__((vector_size(64)));
     typedef int64_t n;
     typedef n i __attribute__((vector_size(64)));
+    typedef uint64_t u __attribute__((vector_size(64)));
     static constexpr double magic = 6755399441055744.0;    // 1.5 * 2^52
     static constexpr int mantissa = 52;
 };
@@ -41,6 +45,7 @@ template <> struct Simd<double> {
 template <typename T> struct Kernel {
     typedef typename Simd<T>::v vt;
     typedef typename Simd<T>::i it;
+    typedef typename Simd<T>::u ut;
     static constexpr int W = 64 / sizeof(T);                // lanes per vector
 
     static inline vt load(const T *p) { vt v; memcpy(&v, p, sizeof v); return v; }
@@ -65,7 +70,8 @@ template <typename T> struct Kernel {
 #endif
         const vt magic = vt{} + Simd<T>::magic;
         vt t = x + magic, f = x - (t - magic);            // t - magic: x rounded to an integer n
-        return (vt)((it)poly(f) + (((it)t - (it)magic) << Simd<T>::mantissa));   // 2^f 2^n via the exponent
+        ut n = (ut)((it)t - (it)magic) << Simd<T>::mantissa;   // n (>= floor >= the least normal exponent)
+        return (vt)((ut)poly(f) + n);                        // 2^f 2^n via the exponent bits
     }
 
     // logits of R pairs (rows of a, K apart) against U vectors of candidates from column g
@@ -85,8 +91,9 @@ template <typename T> struct Kernel {
     // lanes of vector u from column g that lie before hi (all bits set) or not (zero)
     static inline it before(long g, int u, long hi) {
         it lane;
-        for (int l = 0; l < W; l++) lane[l] = (typename Simd<T>::n)(g + u * W + l);
-        return lane < (typename Simd<T>::n)hi;
+        for (int l = 0; l < W; l++) lane[l] = u * W + l;
+        long left = hi - g < W * U ? hi - g : W * U;        // lane offsets, not columns: no overflow
+        return lane < (typename Simd<T>::n)left;
     }
 
     template <int V1, bool OWN>
@@ -159,8 +166,9 @@ template <typename T> struct Kernel {
     static int run(long n_seg, const long *pair_lo, const long *pair_hi, const long *col_lo, const long *col_hi,
                    const unsigned char *own_max, int K, int V1, const T *lhs, const T *tab, long ldt,
                    const T *vals, long ldv, T floor, double *sums, T *top) {
-        if (V1 < 2 || V1 > 4 || K < 1 || K > KMAX) return 1;
-        alignas(64) T a[R * KMAX];                          // the lhs rows of the current block of pairs
+        if (V1 < 2 || V1 > 4 || K < 1) return 1;
+        std::vector<T> rows(R * (size_t)K);                 // the lhs rows of the current block of pairs
+        T *a = rows.data();
         for (long s = 0; s < n_seg; s++) {
             long p0 = pair_lo[s], p1 = pair_hi[s], lo = col_lo[s], hi = col_hi[s];
 #define CASE(v) case v: (own_max[s] ? segment<v, true> : segment<v, false>)(p0, p1, lo, hi, K, lhs, tab, ldt, \
@@ -172,7 +180,7 @@ template <typename T> struct Kernel {
     }
 };
 
-// Return 0, or 1 when V1 or K is out of range (the caller falls back to torch).
+// Return 0, or 1 when V1 or K is out of range.
 extern "C" int softmax_sums_f32(long n_seg, const long *pair_lo, const long *pair_hi, const long *col_lo,
                                 const long *col_hi, const unsigned char *own_max, int K, int V1, const float *lhs,
                                 const float *tab, long ldt, const float *vals, long ldv, float floor, double *sums,

@@ -40,7 +40,7 @@ def _problem(g, dtype, n, K, m, V1, n_seg):
 
 @kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("K,m,V1", [(1, 40, 2), (12, 3000, 2), (28, 700, 4), (60, 333, 3), (256, 64, 2)])
+@pytest.mark.parametrize("K,m,V1", [(1, 40, 2), (12, 3000, 2), (28, 700, 4), (60, 333, 3), (300, 64, 2)])
 def test_kernel_equals_its_definition(dtype, K, m, V1):
     # odd sizes: partial blocks of 8 pairs, segments ending inside a vector, several column blocks
     g = torch.Generator().manual_seed(K + m)
@@ -87,6 +87,8 @@ def test_kernel_own_maximum_never_overflows():
     (dict(own_max=[True, False]), "one entry per segment"),
     (dict(lhs=torch.zeros(8, 4, dtype=torch.float64)), "dtype"),
     (dict(table=torch.zeros(40 + _native.PAD, 4).T), "contiguous"),
+    (dict(floor=-140.0), "floor must lie in"),
+    (dict(pair_lo=[0, 4], pair_hi=[5, 8], col_lo=[0, 0], col_hi=[40, 40], own_max=[False, False]), "share pairs"),
 ])
 def test_kernel_rejects_bad_input(change, match):
     args = dict(lhs=torch.zeros(8, 4), table=torch.zeros(4, 40 + _native.PAD), vals=torch.zeros(2, 40 + _native.PAD),
@@ -129,6 +131,9 @@ def test_loader_builds_once_into_the_cache_and_leaves_no_partial_file(fresh):
     assert _native.load() is not None and _native.reason == "loaded"
     built = sorted(p.name for p in fresh.iterdir())
     assert len(built) == 1 and built[0].startswith("softmax_sums-") and built[0].endswith(".so")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (fresh / built[0]).stat().st_mode & 0o777 == 0o755 & ~umask       # readable by others: shareable
     stamp = (fresh / built[0]).stat().st_mtime_ns
     _native._tried = False
     assert _native.load() is not None and (fresh / built[0]).stat().st_mtime_ns == stamp   # reused
@@ -224,3 +229,20 @@ def test_plain_machine_with_the_kernel_equals_it_without(kind, sigma, channels, 
         assert bool(used) == native
     assert (out[True].double() - out[False].double()).abs().max() < 2e-5
     assert (out[True].double() - exact).abs().max() < 1e-4
+
+
+@kernel
+@pytest.mark.parametrize("kind", ["ls", "els"])
+def test_large_patches_go_through_the_kernel(kind, monkeypatch):
+    # 17x17 patches: 290 logit columns (there is no limit on their number)
+    from companion import els
+
+    data = torch.rand(4, 1, 17, 17, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    x = data[:2] + 0.5 * torch.randn(2, 1, 17, 17, generator=torch.Generator().manual_seed(6))
+    build = els.local if kind == "ls" else els.equivariant_local
+    used = []
+    orig = _native.softmax_sums
+    monkeypatch.setattr(_native, "softmax_sums", lambda lhs, *a: used.append(lhs.shape[1]) or orig(lhs, *a))
+    got = build(data, 17, bank_min=1)(x, 0.5)
+    want = build(data.double(), 17, bank_min=float("inf"))(x.double(), 0.5)
+    assert max(used) >= 290 and (got.double() - want).abs().max() < 1e-4
