@@ -298,26 +298,31 @@ class ScoreMachine:
         ``(G, m·n, V+1)`` (centre values with a 1 appended, so one product gives Σw·centre and Σw).
         For small training sets the whole table is built once per patch size and cached.
         """
-        kind, padding = self.kind, self.padding
+        table = self._tabulated(data, k, idx)
+        if table is None:
+            return self._build(data[a:b], k, idx)
+        ca, vg = table
+        n = idx.shape[1]
+        return ca[:, :, a * n:b * n], vg[:, a * n:b * n]
 
-        def build(imgs):
-            m, G, n = imgs.shape[0], idx.shape[0], idx.shape[1]
-            cg = _patches(imgs, kind, padding, k)[:, :, idx]                   # (m, P, G, n)
-            cg = cg.permute(2, 1, 0, 3).reshape(G, -1, m * n)
-            ca = torch.cat([cg, (cg**2).sum(1, keepdim=True)], 1)
-            vg = _centres(imgs, kind)[:, :, idx].permute(2, 0, 3, 1).reshape(G, m * n, -1)
-            return ca, torch.cat([vg, torch.ones_like(vg[..., :1])], -1)
+    def _build(self, imgs, k, idx):
+        """``(ca, vg)`` of :meth:`_candidates` for the images ``imgs``."""
+        m, G, n = imgs.shape[0], idx.shape[0], idx.shape[1]
+        cg = _patches(imgs, self.kind, self.padding, k)[:, :, idx]                  # (m, P, G, n)
+        cg = cg.permute(2, 1, 0, 3).reshape(G, -1, m * n)
+        ca = torch.cat([cg, (cg**2).sum(1, keepdim=True)], 1)
+        vg = _centres(imgs, self.kind)[:, :, idx].permute(2, 0, 3, 1).reshape(G, m * n, -1)
+        return ca, torch.cat([vg, torch.ones_like(vg[..., :1])], -1)
 
-        K, n = data.shape[0], idx.shape[1]
+    def _tabulated(self, data, k, idx):
+        """The table of :meth:`_candidates` for the whole training set, built once and cached when
+        it has at most ``cache_elements`` entries; ``None`` when it is larger."""
         key = (k, tuple(idx.shape), int(idx[0, 0]), data.dtype, data.device)
         if key not in self._tables:
-            size = K * idx.numel() * (_patches(data[:1], kind, padding, k).shape[1] + data.shape[1] + 2)
-            self._tables[key] = build(data) if size <= self.cache_elements else None
-        table = self._tables[key]
-        if table is None:
-            return build(data[a:b])
-        ca, vg = table
-        return ca[:, :, a * n:b * n], vg[:, a * n:b * n]
+            size = data.shape[0] * idx.numel() * (_patches(data[:1], self.kind, self.padding, k).shape[1]
+                                                  + data.shape[1] + 2)
+            self._tables[key] = self._build(data, k, idx) if size <= self.cache_elements else None
+        return self._tables[key]
 
     def _posterior_mean(self, x: torch.Tensor, s: torch.Tensor, allowed, k: int) -> torch.Tensor:
         data = self._data_on(x)
@@ -380,13 +385,10 @@ class ScoreMachine:
         B, P, K = q.shape[0], q.shape[1], data.shape[0]
         key = ("fused", k, tuple(idx.shape), int(idx[0, 0]))
         if key not in self._tables:
-            self._candidates(data, k, idx, 0, 0)                       # tabulates the patches if small enough
-            if self._tables[(k, tuple(idx.shape), int(idx[0, 0]), data.dtype, data.device)] is None:
-                self._tables[key] = None
-            else:
-                ca, vg = self._candidates(data, k, idx, 0, K)             # (G, P+1, K n), (G, K n, V+1)
-                self._tables[key] = (F.pad(ca.permute(1, 0, 2).reshape(P + 1, -1), (0, _native.PAD)),
-                                     F.pad(vg.permute(2, 0, 1).reshape(vg.shape[2], -1), (0, _native.PAD)))
+            table = self._tabulated(data, k, idx)                       # (G, P+1, K n), (G, K n, V+1)
+            self._tables[key] = None if table is None else (
+                F.pad(table[0].permute(1, 0, 2).reshape(P + 1, -1), (0, _native.PAD)),
+                F.pad(table[1].permute(2, 0, 1).reshape(table[1].shape[2], -1), (0, _native.PAD)))
         if self._tables[key] is None:
             return None
         table, vals = self._tables[key]

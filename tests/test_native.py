@@ -246,3 +246,19 @@ def test_large_patches_go_through_the_kernel(kind, monkeypatch):
     got = build(data, 17, bank_min=1)(x, 0.5)
     want = build(data.double(), 17, bank_min=float("inf"))(x.double(), 0.5)
     assert max(used) >= 290 and (got.double() - want).abs().max() < 1e-4
+
+
+@kernel
+def test_plain_machine_too_large_to_tabulate_falls_back_to_torch(monkeypatch):
+    # with no room to cache its table (cache_elements), the plain loop runs on torch, unchanged
+    from companion import data as cp_data, els
+
+    data = cp_data.digits()[0][:50].float()
+    x = data[:3] + 0.6 * torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    used = []
+    orig = _native.softmax_sums
+    monkeypatch.setattr(_native, "softmax_sums", lambda lhs, *a: used.append(1) or orig(lhs, *a))
+    for padding in ("zeros", "circular"):
+        got = els.local(data, 3, padding, cache_elements=1)(x, 0.6)
+        want = els.local(data.double(), 3, padding)(x.double(), 0.6)
+        assert not used and (got.double() - want).abs().max() < 1e-4
