@@ -18,8 +18,9 @@ skipping and tile shapes.
 ``companion.els`` (default ``tol = 1e-7``; ``--tol`` sets it) deduplicates identical patches and skips candidates
 whose total weight is provably below tol times the normalizer, by k-means clusters with a triangle-inequality
 bound or by a window in one projection, whichever is cheaper per call (companion/_els_bank.py). Both
-run in float32 on one thread on the same inputs, with denormal numbers flushed to zero (without it the exp of
-very negative logits slows the baseline down 3-4x at low noise): 32 noisy queries, 1,000 training images,
+run in float32 on the same inputs and the same number of threads (``--threads``, default one), with
+denormal numbers flushed to zero (without it the exp of very negative logits slows the baseline down
+3-4x at low noise): 32 noisy queries, 1,000 training images,
 k = 3 and 5, zero padding, for the 8x8 digits and for the digits upsampled to 16x16
 (companion.recipes.digits16). Each time is the best of ``--repeat`` calls. The machine is timed twice: the
 first call includes building its patch banks (done once per patch size and reused by every later call, e.g.
@@ -48,7 +49,12 @@ The trajectory rows repeat the measurement along the noise levels Chapter 6's qu
 (``samplers.loglinear(12, 0.01, 10.0)``, 12 calls), with the queries at each level approximated by
 x0 + sigma eps, at a fixed patch size: total times over the 12 calls, and the ceiling of the totals.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/els_speed.py [--quick]``.
+With ``--threads 2`` both use two threads: the baseline's products, exp and reductions through torch's
+thread pool, the machine's torch operations likewise and its kernel by sharing its pairs among threads
+(companion._native); planning and bookkeeping stay largely serial, and ``pair_seconds`` is then the
+kernel's cost per pair on that many threads.
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/els_speed.py [--quick] [--threads N]``.
 """
 from __future__ import annotations
 
@@ -167,7 +173,7 @@ def needed_pairs(x, classes, sigma, k, tols, chunk=2**22, max_queries=None):
 
 
 def pair_seconds(P, rows=2**16, shape=(512, 512), repeat=5):
-    """Seconds per (query, candidate) pair of the machine's inner loop on this machine (one thread),
+    """Seconds per (query, candidate) pair of the machine's inner loop on this machine (torch's threads),
     with nothing skipped and no planning, bounds or other overhead: ``shape[0]`` queries against
     ``rows`` candidates, logits with P + 3 columns, their exp2 and the weighted sums ``[v, 1]``. That is
     the fused kernel (companion._native, one segment, fixed shift) when it is available, else torch's
@@ -207,7 +213,7 @@ def full_profile_estimate(cpu_flops, n_train=50_000, size=32, tflops=10.0, exps_
     rate (FLOP/s, exps included in the time) measured for the machine without pruning.
     """
     print(f"full profile estimate, per sample and step ({size}x{size}, N = {n_train:,}; GPU assumed "
-          f"{tflops:g} TFLOP/s and {exps_per_s:.0e} exp/s; one CPU thread at the measured "
+          f"{tflops:g} TFLOP/s and {exps_per_s:.0e} exp/s; {torch.get_num_threads()} CPU thread(s) at the measured "
           f"{cpu_flops / 1e9:.1f} GFLOP/s):")
     for name, C in (("MNIST", 1), ("CIFAR-10", 3)):
         for k in (3, 5, 7):
@@ -232,8 +238,8 @@ def measure(machine, exact, classes, data, x, sigma, k, repeat, t_pair):
                 need=need, total=total, ideal=need * t_pair, ideal_loose=need_loose * t_pair)
 
 
-def main(quick=False, repeat=3, tol=1e-7):
-    torch.set_num_threads(1)
+def main(quick=False, repeat=3, tol=1e-7, threads=1):
+    torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     sets = {"8x8": cp.data.digits()[0][:1000], "16x16": recipes.digits16(16, 1000)[0]}
     sigmas = (2.0, 0.5, 0.1) if quick else (2.0, 0.5, 0.1, 0.02)
@@ -298,5 +304,6 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="8 queries and 3 noise levels")
     parser.add_argument("--repeat", type=int, default=3, help="time each call this many times (best)")
     parser.add_argument("--tol", type=float, default=1e-7, help="the machine's tol")
+    parser.add_argument("--threads", type=int, default=1, help="threads for both (torch and the kernel)")
     args = parser.parse_args()
-    main(args.quick, args.repeat, args.tol)
+    main(args.quick, args.repeat, args.tol, args.threads)

@@ -362,8 +362,7 @@ class PatchBank:
     def _native(self, q, dt) -> bool:
         """Whether the fused kernel evaluates float32 queries ``q`` with logits in ``dt``: on the CPU,
         at most 3 channels, :attr:`native` set and the kernel available (:mod:`companion._native`)."""
-        return (self.native and q.dtype == torch.float32 and q.device.type == "cpu"
-                and self.v.shape[1] <= 3 and _native.load() is not None)
+        return self.native and _native.runs(q, self.v.shape[1])
 
     def _native_tables(self, centred: bool, dtype=torch.float32):
         """The tables of :meth:`_centred` (``centred``) or :meth:`_table` in ``dtype``, transposed,

@@ -10,10 +10,18 @@ product; the fused loop keeps a block of logits in registers from the product to
 KeOps, the maintained library for such reductions, is built for GPUs: its CPU backend measured
 6.5 ns per pair here, ~8x slower than the torch path.
 
+The kernel shares its pairs among ``torch.get_num_threads()`` threads (fewer on small calls). It is
+built with OpenMP (``-fopenmp``) so that it runs on the OpenMP runtime torch has already loaded (GNU
+OpenMP in torch's Linux wheels): torch's idle workers spin for a while after each of its operations,
+and threads of our own competed with them (two such threads made an ELS call at 16x16 hardly faster
+than one). A compiler without OpenMP gives a kernel on one thread. The work is cut into items by the
+segments alone and combined in a fixed order, so the results do not depend on the number of threads.
+
 The source is compiled with the C++ compiler ``$CXX`` (default ``c++``) and ``-O3 -march=native``
-into ``$COMPANION_CACHE`` (default ``~/.cache/companion``), under a name that hashes the source, the
-compiler's version, the flags and the CPU's feature flags, so a cache shared between machines never
-loads a library built for another CPU; the file is written under a temporary name and renamed, so an
+(and ``-fopenmp`` where the compiler takes it) into ``$COMPANION_CACHE`` (default
+``~/.cache/companion``), under a name that hashes the source, the compiler's version, the flags and
+the CPU's feature flags, so a cache shared between machines never loads a library built for another
+CPU; the file is written under a temporary name and renamed, so an
 interrupted build leaves nothing half-written. Before first use the library is checked against torch
 on a small problem. No compiler, a failed build or a failed check: :func:`load` returns ``None``,
 :data:`reason` says why, and the torch path is used. ``COMPANION_NATIVE=0`` turns the kernel off.
@@ -32,12 +40,14 @@ import threading
 
 import torch
 
-__all__ = ["load", "softmax_sums", "PAD"]
+__all__ = ["load", "runs", "softmax_sums", "PAD"]
 
 SOURCE = pathlib.Path(__file__).with_name("_softmax_sums.cpp")
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
+OPENMP = ["-fopenmp"]    # tried first; without it (e.g. a compiler without OpenMP) the kernel runs on one thread
 PAD = 32                  # finite (zero) columns a table needs past its last segment (the kernel's W * U)
 reason = "not loaded yet"
+openmp = False            # whether the loaded kernel was built with OpenMP (can use several threads)
 _lib: ctypes.CDLL | None = None
 _tried = False
 _lock = threading.Lock()
@@ -51,32 +61,66 @@ def _cpu_flags() -> str:
         return platform.machine() + platform.processor()
 
 
-def _build(cxx: str) -> pathlib.Path:
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), version, " ".join(FLAGS), _cpu_flags()]).encode())
+def _path(version: str, flags: list) -> pathlib.Path:
+    """Where the library built with ``flags`` by the compiler of ``version`` lives in the cache."""
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), version, " ".join(flags), _cpu_flags()]).encode())
     cache = pathlib.Path(os.environ.get("COMPANION_CACHE") or pathlib.Path.home() / ".cache" / "companion")
-    path = cache / f"softmax_sums-{key.hexdigest()[:16]}.so"
-    if not path.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-        os.close(fd)
-        try:
-            run = subprocess.run([cxx, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
-            if run.returncode:
-                raise RuntimeError(f"{cxx} failed: {run.stderr.strip()[-500:]}")
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o755 & ~umask)                  # mkstemp's 0600 would keep a shared cache private
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return path
+    return cache / f"softmax_sums-{key.hexdigest()[:16]}.so"
+
+
+def _write(path: pathlib.Path, make) -> None:
+    """Create ``path`` by ``make(temporary path)`` under a temporary name, then rename it (readable by
+    others: mkstemp's 0600 would keep a shared cache private); nothing is left behind on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        make(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o755 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _compile(cxx: str, flags: list, tmp: str) -> None:
+    try:
+        run = subprocess.run([cxx, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"{cxx} took longer than {e.timeout:g} s") from None
+    if run.returncode:
+        raise RuntimeError(f"{cxx} failed: {run.stderr.strip()[-500:]}")
+
+
+def _open(cxx: str, version: str, flags: list) -> ctypes.CDLL:
+    """The library built with ``flags`` (compiled unless cached), loaded and checked against torch."""
+    path = _path(version, flags)
+    try:
+        if not path.exists():
+            _write(path, lambda tmp: _compile(cxx, flags, tmp))
+        lib = ctypes.CDLL(str(path))
+        for fn, real in ((lib.softmax_sums_f32, ctypes.c_float), (lib.softmax_sums_f64, ctypes.c_double)):
+            fn.restype = ctypes.c_int
+            ptr, long = ctypes.c_void_p, ctypes.c_long
+            fn.argtypes = ([long] + [ptr] * 5 + [ctypes.c_int] * 2 + [ptr] * 2
+                           + [long, ptr, long, real, ptr, ptr, ctypes.c_int])
+        lib.softmax_sums_openmp.restype = ctypes.c_int
+    except Exception as e:
+        raise RuntimeError(f"could not be built or loaded: {e}") from None
+    error = _self_check(lib)
+    if error:
+        raise RuntimeError(f"failed its check against torch: {error}")
+    return lib
 
 
 def load() -> ctypes.CDLL | None:
-    """The compiled kernel, or ``None`` (then :data:`reason` says why); built and checked once."""
-    global _lib, _tried, reason
+    """The compiled kernel, or ``None`` (then :data:`reason` says why); built and checked once.
+
+    The build with OpenMP is tried first; where it fails and the one without succeeds, a note next to
+    the library (``.no-openmp``) keeps later processes from trying again, and :data:`reason` says so."""
+    global _lib, _tried, reason, openmp
     with _lock:
         if _tried:
             return _lib
@@ -87,21 +131,33 @@ def load() -> ctypes.CDLL | None:
             reason = f"no C++ compiler ({cxx}) on PATH"
         else:
             try:
-                lib = ctypes.CDLL(str(_build(cxx)))
-                for fn, real in ((lib.softmax_sums_f32, ctypes.c_float), (lib.softmax_sums_f64, ctypes.c_double)):
-                    fn.restype = ctypes.c_int
-                    ptr, long = ctypes.c_void_p, ctypes.c_long
-                    fn.argtypes = ([long] + [ptr] * 5 + [ctypes.c_int] * 2 + [ptr] * 2
-                                   + [long, ptr, long, real, ptr, ptr])
-                error = _self_check(lib)
-                _lib, reason = (None, f"failed its check against torch: {error}") if error else (lib, "loaded")
+                version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+                note = _path(version, FLAGS + OPENMP).with_suffix(".no-openmp")
+                failed = note.read_text() if note.exists() else None
+                if failed is None:
+                    try:
+                        _lib = _open(cxx, version, FLAGS + OPENMP)
+                    except RuntimeError as e:
+                        failed = str(e)
+                if _lib is None:
+                    _lib = _open(cxx, version, FLAGS)
+                    if not note.exists():
+                        _write(note, lambda tmp: pathlib.Path(tmp).write_text(failed))
+                openmp = bool(_lib.softmax_sums_openmp())
+                reason = "loaded" if failed is None else f"loaded, on one thread (the build with OpenMP {failed})"
             except Exception as e:          # any failure to build, load or check: the torch path
-                _lib, reason = None, f"could not be built or loaded: {e}"
+                _lib, reason = None, str(e) if isinstance(e, RuntimeError) else f"could not be built or loaded: {e}"
         _tried = True
         return _lib
 
 
-def softmax_sums(lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floor):
+def runs(x: torch.Tensor, channels: int) -> bool:
+    """Whether the kernel evaluates pairs for queries ``x`` with ``channels`` values per candidate:
+    float32 on the CPU, at most 3 channels (``[v, 1]`` has at most 4 rows), and the kernel loaded."""
+    return x.dtype == torch.float32 and x.device.type == "cpu" and channels <= 3 and load() is not None
+
+
+def softmax_sums(lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floor, threads=None):
     """Per pair ``p`` of segment ``s`` (the rows ``pair_lo[s]:pair_hi[s]`` of ``lhs``): ``top_p`` and
     ``Σ_j 2^(lhs_p·table_j − top_p) vals_j`` over the columns ``col_lo[s] ≤ j < col_hi[s]``, with
     ``top_p = 0`` or, where ``own_max[s]``, the pair's largest logit; logits clamped below at ``floor``.
@@ -112,11 +168,14 @@ def softmax_sums(lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, fl
     tensors, all float32 or all float64 (the logits' type; the weights are accurate to float32 either
     way); ``floor`` between the least normal exponent (−126 or −1022) and 0. Returns ``(sums (n, V1)
     float64, top (n,))``, zero for the pairs of no segment.
+
+    ``threads`` (default ``torch.get_num_threads()``): at most this many threads share the work (fewer
+    on small calls, where a thread would cost more than it saves); the results do not depend on it.
     """
-    return _call(load(), lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floor)
+    return _call(load(), lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floor, threads)
 
 
-def _call(lib, lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floor):
+def _call(lib, lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floor, threads=None):
     if lib is None:
         raise RuntimeError(f"the fused kernel is not available: {reason}")
     n, K = lhs.shape
@@ -139,6 +198,9 @@ def _call(lib, lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floo
     least = -126.0 if lhs.dtype == torch.float32 else -1022.0
     if not least <= floor <= 0:
         raise ValueError(f"floor must lie in [{least:g}, 0] (the least normal exponent), got {floor!r}")
+    threads = torch.get_num_threads() if threads is None else threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
     dtype = lhs.dtype
     for name, t in (("lhs", lhs), ("table", table), ("vals", vals)):
         if t.dtype != dtype or dtype not in (torch.float32, torch.float64) or t.device.type != "cpu" \
@@ -148,10 +210,13 @@ def _call(lib, lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floo
     sums = torch.zeros(n, V1, dtype=torch.float64)
     top = torch.zeros(n, dtype=dtype)
     fn = lib.softmax_sums_f32 if dtype == torch.float32 else lib.softmax_sums_f64
-    if fn(len(col_lo), pair_lo.data_ptr(), pair_hi.data_ptr(), col_lo.data_ptr(), col_hi.data_ptr(), own.data_ptr(),
-          K, V1, lhs.data_ptr(), table.data_ptr(), table.stride(0), vals.data_ptr(), vals.stride(0), float(floor),
-          sums.data_ptr(), top.data_ptr()):
+    rc = fn(len(col_lo), pair_lo.data_ptr(), pair_hi.data_ptr(), col_lo.data_ptr(), col_hi.data_ptr(), own.data_ptr(),
+            K, V1, lhs.data_ptr(), table.data_ptr(), table.stride(0), vals.data_ptr(), vals.stride(0), float(floor),
+            sums.data_ptr(), top.data_ptr(), min(threads, 1024))
+    if rc == 1:
         raise ValueError(f"lhs must have at least one column, got {K}")
+    if rc:
+        raise MemoryError("the fused kernel ran out of memory for its work items")
     return sums, top
 
 

@@ -11,17 +11,33 @@
 // at Chebyshev nodes: weights to float32 accuracy also when the logits are float64), after clamping
 // to [floor, 127]. Sums are kept in the logits' type over 256 candidates and then added in float64.
 // Tables must have 2 * 16 readable columns past the last segment's end.
+// The work is cut into items (runs of pairs of a segment by runs of its columns, see run()) that OpenMP
+// threads take in turn; the cut depends on the segments alone, so the results do not depend on the number
+// of threads. OpenMP, not threads of our own: built with -fopenmp, the library runs on the OpenMP runtime
+// torch has loaded where that is GNU OpenMP (torch's Linux wheels), whose idle workers spin for a while
+// after each torch operation and slowed threads of our own down by competing with them for the cores.
 // Written with GCC/Clang vector extensions: the compiler maps them to the machine's SIMD registers.
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
+#include <atomic>
+#include <new>
 #include <vector>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
-enum { R = 8, U = 2, CHUNK = 256 };
+enum { R = 8, U = 2, CHUNK = 256, MAXIMA = 1, SUMS = 2 };
+// below this many (pair, column) evaluations per thread (~0.1 ms), starting a thread costs more than it saves
+static const double MIN_PAIRS_PER_THREAD = 262144.0;
+// work items: runs of at most PAIR_STEP pairs (each block of table columns, once in cache, serves many
+// pairs) by runs of columns worth about ITEM_PAIRS (pair, column) evaluations (~1 ms)
+static const long PAIR_STEP = 32 * R;
+static const double ITEM_PAIRS = 2097152.0;
 
 // T: the type of logits, tables and values (float, or double when float32 logits would round too much)
 template <typename T> struct Simd;
@@ -96,16 +112,19 @@ template <typename T> struct Kernel {
         return lane < (typename Simd<T>::n)left;
     }
 
+    // passes: MAXIMA sets top (each pair's largest logit if OWN, else 0), SUMS sets sums (relative to top)
     template <int V1, bool OWN>
     static void segment(long p0, long p1, long lo, long hi, int K, const T *lhs, const T *tab, long ldt,
-                        const T *vals, long ldv, T floor, double *sums, T *top, T *a) {
+                        const T *vals, long ldv, T floor, double *sums, T *top, T *a, int passes) {
         // columns in blocks of about 256 KB of table (kept in cache while every pair passes over them)
         long block = (65536 * 4 / sizeof(T) / K + CHUNK - 1) / CHUNK * CHUNK;
         for (long p = p0; p < p1; p++) {
-            top[p] = OWN ? -INFINITY : 0;
-            for (int k = 0; k < V1; k++) sums[p * V1 + k] = 0.0;
+            if (passes & MAXIMA) top[p] = OWN ? -INFINITY : 0;
+            if (passes & SUMS)
+                for (int k = 0; k < V1; k++) sums[p * V1 + k] = 0.0;
         }
-        for (int pass = OWN ? 0 : 1; pass < 2; pass++)      // pass 0: each pair's largest logit
+        for (int pass = 0; pass < 2; pass++)                // pass 0: each pair's largest logit
+            if (pass == 0 ? OWN && (passes & MAXIMA) : (passes & SUMS))
             for (long b0 = lo; b0 < hi; b0 += block) {
                 long b1 = b0 + block < hi ? b0 + block : hi;
                 for (long i0 = p0; i0 < p1; i0 += R) {
@@ -163,36 +182,141 @@ template <typename T> struct Kernel {
             }
     }
 
+    // f(i, rows) for i in [0, n) on up to `threads` OpenMP threads, each with the floating-point control
+    // state (flush to zero) of the calling thread and its own buffer for R rows of lhs
+    template <class F> static void each(long n, int threads, int K, F f) {
+        if (n <= 0) return;
+        if (threads > n) threads = int(n);
+        std::atomic<long> next(0);
+        std::atomic<bool> failed(false);
+#if defined(__SSE__)
+        unsigned csr = _mm_getcsr();
+#endif
+#pragma omp parallel num_threads(threads)
+        {
+#if defined(__SSE__)
+            unsigned own = _mm_getcsr();
+            _mm_setcsr(csr);
+#endif
+            try {
+                std::vector<T> rows(R * (size_t)K);
+                for (long i = next++; i < n && !failed; i = next++) f(i, rows.data());
+            } catch (...) {                                 // (out of memory) nothing may leave the region
+                failed = true;
+            }
+#if defined(__SSE__)
+            _mm_setcsr(own);
+#endif
+        }
+        if (failed) throw std::bad_alloc();
+    }
+
     static int run(long n_seg, const long *pair_lo, const long *pair_hi, const long *col_lo, const long *col_hi,
                    const unsigned char *own_max, int K, int V1, const T *lhs, const T *tab, long ldt,
-                   const T *vals, long ldv, T floor, double *sums, T *top) {
+                   const T *vals, long ldv, T floor, double *sums, T *top, int threads) {
         if (V1 < 2 || V1 > 4 || K < 1) return 1;
-        std::vector<T> rows(R * (size_t)K);                 // the lhs rows of the current block of pairs
-        T *a = rows.data();
+        // Items: runs of at most PAIR_STEP pairs of a segment by runs of its columns worth about ITEM_PAIRS
+        // (pair, column) evaluations each. A run of pairs in several column runs gets partial sums per run;
+        // with its own maximum, the maxima are found first (every column run) and combined, and then every
+        // column run sums relative to that common maximum, so that the floor applies as without the cut.
+        // The cut depends on the segments alone: the results do not depend on the number of threads.
+        struct Item { long s, p0, p1, c0, c1, part; };        // part: offset of its partial sums, or -1
+        std::vector<Item> items;
+        long parts = 0;
+        double work = 0;
         for (long s = 0; s < n_seg; s++) {
-            long p0 = pair_lo[s], p1 = pair_hi[s], lo = col_lo[s], hi = col_hi[s];
-#define CASE(v) case v: (own_max[s] ? segment<v, true> : segment<v, false>)(p0, p1, lo, hi, K, lhs, tab, ldt, \
-                                                                              vals, ldv, floor, sums, top, a); break;
+            long np = pair_hi[s] - pair_lo[s], nc = col_hi[s] - col_lo[s];
+            if (np <= 0) continue;
+            work += double(np) * double(nc > 0 ? nc : 0);
+            long split = long(double(np < PAIR_STEP ? np : PAIR_STEP) * double(nc) / ITEM_PAIRS);
+            split = split < 1 ? 1 : split > 64 ? 64 : split;
+            long width = (nc / split + CHUNK - 1) / CHUNK * CHUNK;
+            bool whole = split == 1 || width >= nc;          // (no columns: top and sums are set all the same)
+            for (long p = pair_lo[s]; p < pair_hi[s]; p += PAIR_STEP) {
+                long pe = p + PAIR_STEP < pair_hi[s] ? p + PAIR_STEP : pair_hi[s];
+                if (whole) { items.push_back({s, p, pe, col_lo[s], col_hi[s], -1}); continue; }
+                for (long c = col_lo[s]; c < col_hi[s]; c += width, parts += pe - p)
+                    items.push_back({s, p, pe, c, c + width < col_hi[s] ? c + width : col_hi[s], parts});
+            }
+        }
+        std::vector<double> part_sums(parts * V1);
+        std::vector<T> part_top(parts);
+        if (threads < 1 || work < MIN_PAIRS_PER_THREAD * 2.0) threads = 1;
+        if (threads > 1 && work / threads < MIN_PAIRS_PER_THREAD) threads = int(work / MIN_PAIRS_PER_THREAD);
+        if (threads > (long)items.size()) threads = int(items.size());
+        auto go = [&](const Item &it, T *a, int passes, bool to_parts) {
+            long n = it.p1 - it.p0;
+            double *su = it.part < 0 ? sums + it.p0 * V1 : part_sums.data() + it.part * V1;
+            T *to = to_parts ? part_top.data() + it.part : top + it.p0;
+            const T *l = lhs + it.p0 * K;
+#define CASE(v) case v: (own_max[it.s] ? segment<v, true> : segment<v, false>)(0, n, it.c0, it.c1, K, l, tab, \
+                                                             ldt, vals, ldv, floor, su, to, a, passes); break;
             switch (V1) { CASE(2) CASE(3) CASE(4) }
 #undef CASE
+        };
+        std::vector<long> split_own;                        // column runs of pairs with their own maximum
+        for (long i = 0; i < (long)items.size(); i++)
+            if (items[i].part >= 0 && own_max[items[i].s]) split_own.push_back(i);
+        // each column run's maxima, combined in item order (a run of pairs' column runs are consecutive)
+        each((long)split_own.size(), threads, K, [&](long j, T *a) { go(items[split_own[j]], a, MAXIMA, true); });
+        for (size_t i = 0; i < items.size(); i++) {
+            const Item &it = items[i];
+            if (it.part < 0) continue;
+            bool first = i == 0 || items[i - 1].s != it.s || items[i - 1].p0 != it.p0;
+            for (long p = it.p0; p < it.p1; p++) {
+                T t = own_max[it.s] ? part_top[it.part + p - it.p0] : T(0);
+                top[p] = first || t > top[p] ? t : top[p];
+            }
+        }
+        // the sums: whole items set top and sums, column runs sum relative to the combined top
+        each((long)items.size(), threads, K, [&](long i, T *a) {
+            go(items[i], a, items[i].part < 0 ? MAXIMA | SUMS : SUMS, false);
+        });
+        for (size_t i = 0; i < items.size(); i++) {          // add the column runs' sums in item order
+            const Item &it = items[i];
+            if (it.part < 0) continue;
+            bool first = i == 0 || items[i - 1].s != it.s || items[i - 1].p0 != it.p0;
+            for (long p = it.p0; p < it.p1; p++)
+                for (int k = 0; k < V1; k++) {
+                    double x = part_sums[(it.part + p - it.p0) * V1 + k];
+                    sums[p * V1 + k] = first ? x : sums[p * V1 + k] + x;
+                }
         }
         return 0;
     }
 };
 
-// Return 0, or 1 when V1 or K is out of range.
+// Return 0, 1 when V1 or K is out of range, 2 when memory ran out. `threads`: at most this many threads share
+// the work.
 extern "C" int softmax_sums_f32(long n_seg, const long *pair_lo, const long *pair_hi, const long *col_lo,
                                 const long *col_hi, const unsigned char *own_max, int K, int V1, const float *lhs,
                                 const float *tab, long ldt, const float *vals, long ldv, float floor, double *sums,
-                                float *top) {
-    return Kernel<float>::run(n_seg, pair_lo, pair_hi, col_lo, col_hi, own_max, K, V1, lhs, tab, ldt, vals, ldv,
-                              floor, sums, top);
+                                float *top, int threads) {
+    try {
+        return Kernel<float>::run(n_seg, pair_lo, pair_hi, col_lo, col_hi, own_max, K, V1, lhs, tab, ldt, vals, ldv,
+                                  floor, sums, top, threads);
+    } catch (...) {
+        return 2;
+    }
 }
 
 extern "C" int softmax_sums_f64(long n_seg, const long *pair_lo, const long *pair_hi, const long *col_lo,
                                 const long *col_hi, const unsigned char *own_max, int K, int V1, const double *lhs,
                                 const double *tab, long ldt, const double *vals, long ldv, double floor,
-                                double *sums, double *top) {
-    return Kernel<double>::run(n_seg, pair_lo, pair_hi, col_lo, col_hi, own_max, K, V1, lhs, tab, ldt, vals, ldv,
-                               floor, sums, top);
+                                double *sums, double *top, int threads) {
+    try {
+        return Kernel<double>::run(n_seg, pair_lo, pair_hi, col_lo, col_hi, own_max, K, V1, lhs, tab, ldt, vals, ldv,
+                                   floor, sums, top, threads);
+    } catch (...) {
+        return 2;
+    }
+}
+
+// 1 when built with OpenMP (the work can be shared among threads), else 0.
+extern "C" int softmax_sums_openmp() {
+#if defined(_OPENMP)
+    return 1;
+#else
+    return 0;
+#endif
 }

@@ -343,8 +343,7 @@ class ScoreMachine:
                 for g in range(G):
                     out[:, :, idx[g]] = self._bank_mean(data, q, s, k, idx[g])
                 continue
-            if allowed is None and V <= 3 and PatchBank.native and x.dtype == torch.float32 \
-                    and x.device.type == "cpu" and _native.load() is not None:
+            if allowed is None and PatchBank.native and _native.runs(x, V):
                 fused = self._fused_mean(data, q, inv2s2, k, idx)
                 if fused is not None:
                     out[:, :, idx] = fused

@@ -4,6 +4,7 @@ import os
 import pathlib
 import platform
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -15,14 +16,17 @@ kernel = pytest.mark.skipif(_native.load() is None, reason=f"fused kernel unavai
 
 def _reference(lhs, table, vals, seg, floor):
     """The kernel's definition in float64, segment by segment: ``(sums, top)``."""
-    logit = lhs.double() @ table.double()
     sums = torch.zeros(lhs.shape[0], vals.shape[0], dtype=torch.float64)
     top = torch.zeros(lhs.shape[0], dtype=torch.float64)
     for p0, p1, c0, c1, own in zip(*seg):
         p, c = slice(p0, p1), slice(c0, c1)
+        if c1 <= c0:                                    # no columns: nothing summed, the maximum of none
+            top[p] = -math.inf if own else 0.0
+            continue
+        logit = lhs[p].double() @ table[:, c].double()
         if own:
-            top[p] = logit[p, c].amax(1)
-        sums[p] = torch.exp2((logit[p, c] - top[p, None]).clamp_min(floor)) @ vals[:, c].double().T
+            top[p] = logit.amax(1)
+        sums[p] = torch.exp2((logit - top[p, None]).clamp_min(floor)) @ vals[:, c].double().T
     return sums, top
 
 
@@ -79,6 +83,64 @@ def test_kernel_own_maximum_never_overflows():
 
 
 @kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_threads_and_column_runs_equal_the_definition(dtype):
+    # large enough to be shared among threads: segments of many pairs (split into runs of pairs) and of
+    # few pairs with many columns (split into runs of columns whose sums are combined, each run with its
+    # own maximum where own_max), and an empty one; the result must not depend on the number of threads
+    g = torch.Generator().manual_seed(5)
+    n, K, m = 1040, 12, 300_000
+    lhs = torch.randn(n, K, generator=g, dtype=dtype) * 3 / math.sqrt(K)
+    table = torch.randn(K, m + _native.PAD, generator=g, dtype=dtype)
+    vals = torch.rand(3, m + _native.PAD, generator=g, dtype=dtype)
+    seg = ([0, 5, 40, 41, 300, 990], [5, 40, 41, 300, 990, 1040], [0, 7, 0, 0, 1, 3], [m, m - 9, 0, 20_000, 9_000, m],
+           [False, True, True, True, False, False])
+    out = [_native.softmax_sums(lhs, table, vals, *seg, -126.0, threads=t) for t in (1, 2, 3)]
+    for sums, top in out[1:]:
+        assert torch.equal(sums, out[0][0]) and torch.equal(top, out[0][1])
+    want, want_top = _reference(lhs, table, vals, seg, -126.0)
+    rel = ((out[0][0] - want) / want.abs().clamp_min(1e-300)).abs().max()
+    assert rel < (3e-6 if dtype == torch.float32 else 3e-7), float(rel)
+    torch.testing.assert_close(out[0][1].double(), want_top, rtol=0, atol=1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@kernel
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 flush-to-zero")
+def test_kernel_threads_flush_denormals_like_the_caller():
+    # weights at the floor times 0.5 are denormal; with flush-to-zero set by the caller every thread must
+    # flush them (threads started earlier do not inherit the caller's setting), so threads change nothing
+    lhs, table = torch.ones(600, 1), torch.full((1, 2000 + _native.PAD), -200.0)
+    vals = torch.full((2, 2000 + _native.PAD), 0.5)
+    seg = ([0], [600], [0], [2000], [False])
+    torch.zeros(1000, 1000).exp_()                    # torch's threads exist before flush-to-zero is set
+    try:
+        torch.set_flush_denormal(True)
+        one, two = (_native.softmax_sums(lhs, table, vals, *seg, -126.0, threads=t)[0] for t in (1, 2))
+    finally:
+        torch.set_flush_denormal(False)
+    assert (one == 0).all() and torch.equal(one, two)
+
+
+@kernel
+@pytest.mark.parametrize("floor", [-126.0, -3.0])
+def test_kernel_column_runs_keep_the_floor_relative_to_the_pairs_maximum(floor):
+    # few pairs, many columns: the columns are cut into runs; one run holds logits far above the others,
+    # so each run's own maximum differs from the pair's, and the floor must apply relative to the pair's
+    g = torch.Generator().manual_seed(6)
+    n, K, m = 60, 4, 500_000
+    lhs = torch.rand(n, K, generator=g) + 1
+    table = torch.randn(K, m + _native.PAD, generator=g) * 0.5 - 3
+    table[:, 150_000:150_100] += 8                  # a few columns far above the rest
+    vals = torch.rand(2, m + _native.PAD, generator=g)
+    # own maximum with the high columns, a fixed shift, own maximum on negative logits only
+    seg = ([0, 20, 40], [20, 40, 60], [0, 1000, 160_000], [m, m - 5, m], [True, False, True])
+    sums, top = _native.softmax_sums(lhs, table, vals, *seg, floor, threads=2)
+    want, want_top = _reference(lhs, table, vals, seg, floor)
+    assert ((sums - want) / want).abs().max() < 3e-6
+    torch.testing.assert_close(top.double(), want_top, rtol=0, atol=1e-5)
+
+
+@kernel
 @pytest.mark.parametrize("change,match", [
     (dict(vals=torch.zeros(5, 40 + _native.PAD)), "vals must have 2 to 4 rows"),
     (dict(table=torch.zeros(3, 40 + _native.PAD)), "do not match"),
@@ -89,10 +151,12 @@ def test_kernel_own_maximum_never_overflows():
     (dict(table=torch.zeros(40 + _native.PAD, 4).T), "contiguous"),
     (dict(floor=-140.0), "floor must lie in"),
     (dict(pair_lo=[0, 4], pair_hi=[5, 8], col_lo=[0, 0], col_hi=[40, 40], own_max=[False, False]), "share pairs"),
+    (dict(threads=0), "threads must be a positive integer"),
+    (dict(threads=2.0), "threads must be a positive integer"),
 ])
 def test_kernel_rejects_bad_input(change, match):
     args = dict(lhs=torch.zeros(8, 4), table=torch.zeros(4, 40 + _native.PAD), vals=torch.zeros(2, 40 + _native.PAD),
-                pair_lo=[0], pair_hi=[8], col_lo=[0], col_hi=[40], own_max=[False], floor=-126.0)
+                pair_lo=[0], pair_hi=[8], col_lo=[0], col_hi=[40], own_max=[False], floor=-126.0, threads=None)
     args.update(change)
     with pytest.raises(ValueError, match=match):
         _native.softmax_sums(**args)
@@ -103,15 +167,23 @@ def fresh(monkeypatch, tmp_path):
     """The loader as on first use, with its cache in a temporary folder."""
     monkeypatch.setattr(_native, "_tried", False)
     monkeypatch.setattr(_native, "_lib", None)
+    monkeypatch.setattr(_native, "reason", _native.reason)       # restored afterwards, like the two above
+    monkeypatch.setattr(_native, "openmp", _native.openmp)
     monkeypatch.setenv("COMPANION_CACHE", str(tmp_path))
     return tmp_path
 
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None or os.environ.get("COMPANION_NATIVE") == "0",
                     reason="no compiler, or the kernel turned off")
-def test_kernel_loads_where_a_compiler_exists():
-    # with a compiler the kernel must build and pass its check: a fallback here would hide a bug
+def test_kernel_loads_where_a_compiler_exists(tmp_path):
+    # with a compiler the kernel must build and pass its check: a fallback here would hide a bug; and
+    # where the compiler takes -fopenmp, the kernel must have been built with it (else: one thread)
     assert _native.load() is not None, _native.reason
+    probe = tmp_path / "probe.cpp"
+    probe.write_text("int main() { return 0; }\n")
+    cxx = os.environ.get("CXX", "c++")
+    if subprocess.run([cxx, *_native.OPENMP, str(probe), "-o", str(tmp_path / "probe")]).returncode == 0:
+        assert _native.openmp, _native.reason
 
 
 def test_loader_can_be_turned_off_or_lack_a_compiler(fresh, monkeypatch):
@@ -204,6 +276,28 @@ def test_portable_build_without_avx512_equals_its_definition(fresh, monkeypatch)
         want, want_top = _reference(lhs, table, vals, seg, -126.0)
         assert ((sums - want) / want.abs().clamp_min(1e-300)).abs().max() < 3e-6
 
+
+@kernel
+def test_loader_builds_without_openmp_where_the_compiler_lacks_it(fresh, monkeypatch):
+    # a compiler that refuses the OpenMP flag: the kernel is built without it and runs on one thread
+    monkeypatch.setattr(_native, "OPENMP", ["-fno-such-openmp-flag"])
+    assert _native.load() is not None and "on one thread" in _native.reason and not _native.openmp
+    assert len(list(fresh.glob("*.so"))) == 1 and len(list(fresh.glob("*.no-openmp"))) == 1
+    # a later process remembers the failed build and does not compile again
+    compiles = []
+    run = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: compiles.append(cmd) or run(cmd, **kw))
+    monkeypatch.setattr(_native, "_tried", False)
+    monkeypatch.setattr(_native, "_lib", None)
+    assert _native.load() is not None and "on one thread" in _native.reason
+    assert [c for c in compiles if "-o" in c] == []
+    g = torch.Generator().manual_seed(4)
+    lhs, table, vals = torch.randn(300, 12, generator=g), torch.randn(12, 5000 + _native.PAD, generator=g), \
+        torch.rand(2, 5000 + _native.PAD, generator=g)
+    seg = ([0], [300], [0], [5000], [True])
+    sums, _ = _native.softmax_sums(lhs, table, vals, *seg, -126.0, threads=2)
+    want, _ = _reference(lhs, table, vals, seg, -126.0)
+    assert ((sums - want) / want).abs().max() < 3e-6
 
 @kernel
 @pytest.mark.parametrize("channels", [1, 3])
