@@ -317,7 +317,7 @@ class PatchBank:
             top, bsum = _LOG2E * shift, torch.zeros(b - a, V + 1, dtype=torch.float64, device=dev)
             todo = [c for c in range(k, last + 1) if per[c]]
             self.n_fixed += sum(fixed[c - k] for c in todo)
-            fast = set(todo) if self._native(q, q.dtype) else set()
+            fast = set(todo) if self._native(q) else set()
             for dt, lhs_dt in ((q.dtype, lhs32), (torch.float64, lhs)):   # the fused kernel: a segment per cluster
                 group = [c for c in todo if c in fast and exact[c - k] == (dt == torch.float64)]
                 if group:
@@ -359,9 +359,9 @@ class PatchBank:
                                   torch.cat([self.v[self.members].double(), one], 1).T.contiguous().to(dtype))
         return self.__dict__[key]
 
-    def _native(self, q, dt) -> bool:
-        """Whether the fused kernel evaluates float32 queries ``q`` with logits in ``dt``: on the CPU,
-        at most 3 channels, :attr:`native` set and the kernel available (:mod:`companion._native`)."""
+    def _native(self, q) -> bool:
+        """Whether the fused kernel evaluates the pairs of queries ``q`` (logits in float32 or float64):
+        float32 on the CPU, at most 3 channels, :attr:`native` set and the kernel available."""
         return self.native and _native.runs(q, self.v.shape[1])
 
     def _native_tables(self, centred: bool, dtype=torch.float32):
@@ -429,7 +429,7 @@ class PatchBank:
         # no clamp needed when even the farthest row, ‖q − y‖ ≤ ‖q‖ + max‖y‖, stays above the floor
         far = (-inv2s2.double() * (qc.double().norm(dim=1) + ynorm) ** 2 - shift.double()).min()
         clamp = not fixed or float(far) < floor
-        if self._native(q, dt):        # the fused kernel: one segment, its own maximum unless the shift is fixed
+        if self._native(q):            # the fused kernel: one segment, its own maximum unless the shift is fixed
             if not centred:
                 tab, vals, lo, hi = *self._native_tables(False, dt), rows.start, rows.stop
             else:
