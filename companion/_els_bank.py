@@ -35,7 +35,11 @@ Two reductions make it fast without changing the result beyond a stated toleranc
   cost per cluster): at high noise the windows (nothing to skip: one slice, no overhead), at low
   noise the clusters (the union of a group's windows is much larger than each query's kept set).
   Small calls (at most ``_direct_pairs`` query-row pairs) skip the planning and evaluate the whole
-  bank, each query with its own maximum.
+  bank, and so do calls at noise so high that even the narrowest window, the one for the largest
+  conceivable :math:`L_q = \max_j \log c_j`, spans the whole bank (planning, 10-16% of such a call,
+  could skip nothing by windows); their reference is the best log-weight of the two rows next to
+  the query in projection order (:meth:`PatchBank.near_ref`, a lower bound on :math:`L_q`), or each
+  query's own maximum where that reference is too low for a fixed shift.
 
 Logits come out of one matrix product per group of queries, after shifting both sides by the
 group's mean query when that reduces the float32 cancellation of :math:`\|q\|^2 - 2q\cdot y +
@@ -141,21 +145,32 @@ class PatchBank:
         """Posterior means ``(Q, V)`` of queries ``q`` ``(Q, P)`` with ``inv2s2 = 1/2σ²`` ``(Q,)``.
 
         ``tol = 0`` keeps every candidate (deduplication alone, exact). Up to ``_direct_pairs``
-        (query, row) pairs the whole bank is evaluated; otherwise it is evaluated by
+        (query, row) pairs, and whenever the windows could skip no row whatever the reference
+        (:meth:`_covers`: high noise, or ``tol = 0``), the whole bank is evaluated without planning;
+        otherwise it is evaluated by
         clusters or by windows (:meth:`plan`), whichever the cost estimate says is cheaper; windows
         are evaluated in tiles of about ``tile`` logits, and windows that span the whole bank (high
         noise) in groups of up to 512 queries (512 queries by 512 rows run ~1.2-1.4x faster per
         logit than 64 by 4096 on one CPU thread).
         """
-        if q.shape[0] * self.n_rows <= self._direct_pairs:   # small: the whole bank, no planning
-            self.last_cost = dict(windows=q.shape[0] * self.n_rows, clusters=math.nan, active=0)
-            return self._softmax_mean(q, inv2s2, None, slice(0, self.n_rows), max(256, tile // len(q))).to(q.dtype)
+        pairs = q.shape[0] * self.n_rows
+        if pairs <= self._direct_pairs or (self._skip_planning and self._covers(q, inv2s2, tol)):
+            # small, or nothing to skip: the whole bank without planning, in groups of up to 512 queries,
+            # with near_ref as the reference where it allows a fixed shift (else each query's own maximum:
+            # a reference far below the best would only add its rounding to float32 logits)
+            self.last_cost = dict(windows=pairs, clusters=math.nan, active=0, planned=False)
+            near = self.near_ref(q, inv2s2)
+            out = torch.empty(q.shape[0], self.v.shape[1], dtype=torch.float64, device=q.device)
+            for idx in torch.arange(q.shape[0], device=q.device).split(512):
+                ref = near[idx] if float((self.logc.max() - near[idx]).max()) <= self._fixed_margin else None
+                out[idx] = self._softmax_mean(q[idx], inv2s2[idx], ref, slice(0, self.n_rows), max(256, tile // len(idx)))
+            return out.to(q.dtype)
         ref, keep, windows = self.plan(q, inv2s2, tol, group, span)
         # cost in pairs of the two evaluations: by windows, or by clusters (plus a fixed cost each)
         by_window = sum(len(idx) * (hi - lo) for idx, lo, hi in windows)
         per = keep.sum(0)                                                  # queries per cluster
         by_cluster = float(per.double() @ self.start.diff().to(q.device).double())
-        self.last_cost = dict(windows=by_window, clusters=by_cluster, active=int((per > 0).sum()))
+        self.last_cost = dict(windows=by_window, clusters=by_cluster, active=int((per > 0).sum()), planned=True)
         if self._pair_cost * by_cluster + self._overhead * self.last_cost["active"] < by_window:
             return self._by_cluster(q, inv2s2, ref, keep).to(q.dtype)
         out = torch.empty(q.shape[0], self.v.shape[1], dtype=torch.float64, device=q.device)
@@ -208,6 +223,26 @@ class PatchBank:
             bounds = [(0, self.n_rows)] * len(starts)
         windows = [(zorder[a:a + group], lo_, hi_) for a, (lo_, hi_) in zip(starts, bounds)]
         return ref, keep, windows
+
+    def near_ref(self, q, inv2s2):
+        """``(Q,)`` float64: a lower bound on each query's largest log-weight, the better exact log-weight
+        of the two rows next to it in projection order (``O(Q·P)``; at high noise within a few nats of
+        the best, since every row is then about as far from the query)."""
+        q64, dev = q.double(), q.device
+        i = torch.searchsorted(self.z.to(dev), q64 @ self.u.to(dev)).clamp_(1, max(1, self.n_rows - 1))
+        i = torch.stack([i - 1, i]).clamp_max_(self.n_rows - 1)                           # (2, Q)
+        d2 = (q64 - self.y.to(dev)[i].double()).pow(2).sum(2)
+        return (self.logc.to(dev)[i] - inv2s2.double() * d2).amax(0)
+
+    def _covers(self, q, inv2s2, tol):
+        """Whether every query's window (:meth:`plan`) spans the whole bank whatever its ``ref``: the
+        narrowest window, for ``ref = max log c`` (no log-weight exceeds it), does. Then planning could
+        skip nothing by windows (and little by clusters: their bounds are looser at such noise)."""
+        if tol <= 0:
+            return True
+        zq = q.double() @ self.u.to(q.device)
+        h = ((self.log_total - math.log(tol) - float(self.logc.max())) / inv2s2.double()).clamp_min(0).sqrt()
+        return bool(((zq - h) <= float(self.z[0])).all() and ((zq + h) >= float(self.z[-1])).all())
 
     def cluster_bounds(self, q, inv2s2):
         """Squared distances ``(Q, K)`` of float64 queries ``q`` ``(Q, P)`` to the cluster centres, and
@@ -264,6 +299,11 @@ class PatchBank:
     # at most this many pairs (queries x rows) are evaluated whole, each query with its own maximum:
     # planning (~1-2 ms a call) would cost more than it saves
     _direct_pairs = 2**21
+    # skip planning when even the narrowest window spans the whole bank (_covers: high noise)
+    _skip_planning = True
+    # near_ref is used as a fixed shift when max log c lies at most this far above it (natural log units;
+    # the float32 margin of _softmax_mean, so that the shift is fixed there too)
+    _fixed_margin = 40.0
 
     def _by_cluster(self, q, inv2s2, ref, keep, block: int = 2**16):
         """Posterior means ``(Q, V)``: each kept cluster against the queries that keep it.

@@ -11,10 +11,12 @@ from companion import els
 
 @pytest.fixture(autouse=True)
 def _plan_small_banks_too(monkeypatch):
-    # the tests' banks are small: without this they would be evaluated whole (PatchBank._direct_pairs)
-    # and the pruning they check would never run; the tests of the direct path set it back
+    # the tests' banks are small: without this they would be evaluated whole (PatchBank._direct_pairs),
+    # and at high noise without planning (PatchBank._skip_planning), and the pruning they check would
+    # never run; the tests of the direct and unplanned paths set them back
     from companion._els_bank import PatchBank
     monkeypatch.setattr(PatchBank, "_direct_pairs", 0)
+    monkeypatch.setattr(PatchBank, "_skip_planning", False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,6 +538,80 @@ def test_float32_bank_resolves_near_ties_at_tiny_sigma(path, monkeypatch):
     want = torch.softmax(logw, 1) @ v.double()
     assert ((want > -0.99) & (want < 0.99)).any()                       # some ties are undecided
     assert (got.double() - want).abs().max() < 1e-4
+
+
+def test_near_ref_is_the_log_weight_of_a_row():
+    # near_ref is a lower bound on each query's best log-weight because it is the exact log-weight of a row
+    data = _real_digits(16)
+    x = data[:2] + 0.3 * torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(15), dtype=torch.float64)
+    bank, q = _interior_bank(data, x, 3)
+    s = torch.full((len(q),), 0.5 / 0.3**2, dtype=torch.float64)
+    logw = bank.logc - s[:, None] * torch.cdist(q, bank.y.double()).pow(2)                 # (Q, rows)
+    near = bank.near_ref(q, s)
+    assert (near <= logw.amax(1) + 1e-9).all()
+    assert ((logw - near[:, None]).abs().amin(1) < 1e-9).all()                  # some row's log-weight
+    assert (near < logw.amax(1) - 1).any()                                   # not always the best one
+
+
+def test_unplanned_only_where_no_window_could_skip_a_row():
+    # _covers says the whole bank is evaluated without planning only where every window plan() could
+    # draw spans the whole bank; it does so at high noise (and not at low noise)
+    data = _real_digits(16)
+    g = torch.Generator().manual_seed(16)
+    bank, _ = _interior_bank(data, data[:1], 3)
+    tol, covered = 1e-7, []
+    for sigma in (0.05, 0.3, 0.5, 0.7, 1.0, 1.5, 3.0):
+        x = data[:2] + sigma * torch.randn(2, 1, 16, 16, generator=g, dtype=torch.float64)
+        q = _interior_bank(data, x, 3)[1]
+        for part in q.split(16):                          # small groups of queries: more chances to differ
+            s = torch.full((len(part),), 0.5 / sigma**2, dtype=torch.float64)
+            covers = bank._covers(part, s, tol)
+            _, _, windows = bank.plan(part, s, tol)
+            spans = all(lo == 0 and hi == bank.n_rows for _, lo, hi in windows)
+            assert spans or not covers
+            covered.append((sigma, covers, spans))
+    assert not any(c for sg, c, _ in covered if sg == 0.05) and all(c for sg, c, _ in covered if sg == 3.0)
+    assert any(sp and not c for _, c, sp in covered)          # the test is conservative: some spans it misses
+
+
+def test_unplanned_test_is_tight_where_the_best_row_is_the_heaviest():
+    # a query on the heaviest row has its best log-weight at max log c, the value _covers assumes: its
+    # narrowest window then spans the bank exactly when _covers says so (up to the grid of σ)
+    from companion._els_bank import PatchBank
+
+    t = torch.linspace(-3, 3, 301, dtype=torch.float64)[:, None]
+    y = torch.cat([t, torch.zeros(49, 1, dtype=torch.float64)]) * torch.ones(1, 9, dtype=torch.float64) / 3
+    bank = PatchBank(y, y[:, :1], cluster_rows=64)
+    q, tol = torch.zeros(1, 9, dtype=torch.float64), 1e-7
+    seen = []
+    for sigma in torch.logspace(-0.5, 1.5, 1200).tolist():
+        s = torch.tensor([0.5 / sigma**2], dtype=torch.float64)
+        best = (bank.logc - s * (bank.y.double() - q).pow(2).sum(1)).max()
+        h = ((bank.log_total - math.log(tol) - best) / s).sqrt()
+        zq = q @ bank.u
+        spans = bool((zq - h <= bank.z[0]) & (zq + h >= bank.z[-1]))
+        seen.append((spans, bank._covers(q, s, tol)))
+    assert (False, False) in seen and (True, True) in seen
+    assert (False, True) not in seen and seen.count((True, False)) <= 1            # at most the crossing
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_unplanned_calls_equal_the_plain_machine(dtype, monkeypatch):
+    # at high noise the bank is evaluated whole without planning (near_ref's fixed shift); at low noise
+    # it is planned; both agree with the plain float64 machine
+    from companion._els_bank import PatchBank
+
+    monkeypatch.setattr(PatchBank, "_skip_planning", True)
+    data = _real_digits(8)
+    g = torch.Generator().manual_seed(17)
+    for sigma, planned in ((3.0, False), (0.05, True)):
+        x = data[:3] + sigma * torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64)
+        plain = els.equivariant_local(data, 3, bank_min=float("inf"))(x, sigma)
+        fast = els.equivariant_local(data.to(dtype), 3, tol=1e-7, bank_min=1)
+        got = fast(x.to(dtype), sigma).double()
+        assert {b.last_cost["planned"] for b in fast._banks.values()} == {planned}
+        limit = 2e-7 * data.abs().max().item() + 1e-12 if dtype == torch.float64 else 1e-5
+        assert (got - plain).abs().max() <= limit
 
 
 def test_bank_arguments():

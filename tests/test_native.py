@@ -248,6 +248,7 @@ def test_bank_with_the_kernel_equals_the_bank_without(path, sigma, channels, mon
     x = data[:3] + sigma * torch.randn(data[:3].shape, generator=torch.Generator().manual_seed(8))
     exact = els.equivariant_local(data.double(), 5, bank_min=float("inf"))(x.double(), sigma)
     monkeypatch.setattr(PatchBank, "_direct_pairs", 2**40 if path == "direct" else 0)
+    monkeypatch.setattr(PatchBank, "_skip_planning", path == "direct")
     monkeypatch.setattr(PatchBank, "_pair_cost", 0.0 if path == "clusters" else 1.0)
     monkeypatch.setattr(PatchBank, "_overhead", -1 if path == "clusters" else math.inf)
     used = []
