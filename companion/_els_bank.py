@@ -202,9 +202,16 @@ class PatchBank:
         table64 = self._centred(torch.float64, centred=False)[0]
         qo, so = q64[order], s64[order, None]                          # queries by nearest cluster
         lhs = torch.cat([2 * so * qo, -so, torch.ones_like(so), -so * qo.pow(2).sum(1, keepdim=True)], 1)
-        ref = torch.empty(Q, dtype=torch.float64, device=dev)
-        for a, b, f, l in self._groups(near[order], group, span):  # exact best over the nearest clusters
-            ref[a:b] = (lhs[a:b] @ table64[start[f]:start[l + 1]].T).amax(1)
+        groups = self._groups(near[order], group, span)     # exact best over the nearest clusters
+        if self.native and dev.type == "cpu" and _native.load() is not None:      # the kernel's maxima
+            if "ref_table" not in self.__dict__:
+                self.ref_table = F.pad(table64.T, (0, _native.PAD))
+            a, b, f, l = zip(*groups)
+            ref = _native.max_logits(lhs, self.ref_table, a, b, [start[i] for i in f], [start[i + 1] for i in l])
+        else:
+            ref = torch.empty(Q, dtype=torch.float64, device=dev)
+            for a, b, f, l in groups:
+                ref[a:b] = (lhs[a:b] @ table64[start[f]:start[l + 1]].T).amax(1)
         ref = torch.empty_like(ref).index_copy_(0, order, ref)
         keep = self._keep(q64, s64, ref - cut)                                     # (Q, K)
         # the window in the projection: ‖q − y‖ ≥ |u·q − u·y|, so rows with |u·q − z| > h carry at

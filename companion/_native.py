@@ -105,7 +105,7 @@ def _open(cxx: str, version: str, flags: list) -> ctypes.CDLL:
             fn.restype = ctypes.c_int
             ptr, long = ctypes.c_void_p, ctypes.c_long
             fn.argtypes = ([long] + [ptr] * 5 + [ctypes.c_int] * 2 + [ptr] * 2
-                           + [long, ptr, long, real, ptr, ptr, ctypes.c_int])
+                           + [long, ptr, long, real, ptr, ptr, ctypes.c_int, ctypes.c_int])
         lib.softmax_sums_openmp.restype = ctypes.c_int
     except Exception as e:
         raise RuntimeError(f"could not be built or loaded: {e}") from None
@@ -175,17 +175,27 @@ def softmax_sums(lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, fl
     return _call(load(), lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floor, threads)
 
 
+def max_logits(lhs, table, pair_lo, pair_hi, col_lo, col_hi, threads=None):
+    """Per pair ``p`` of segment ``s``: ``max_j lhs_p·table_j`` over the columns ``col_lo[s] ≤ j < col_hi[s]``
+    (``-inf`` where there are none), the first pass of :func:`softmax_sums` with ``own_max``, without its
+    sums. Arguments as there; returns ``top`` ``(n,)`` in ``lhs``'s dtype, zero for the pairs of no segment."""
+    S = len(pair_lo)
+    return _call(load(), lhs, table, None, pair_lo, pair_hi, col_lo, col_hi, [True] * S, -126.0, threads)[1]
+
+
 def _call(lib, lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floor, threads=None):
     if lib is None:
         raise RuntimeError(f"the fused kernel is not available: {reason}")
     n, K = lhs.shape
-    V1 = vals.shape[0]
+    want_sums = vals is not None                       # None: maxima only (vals and sums are not read)
+    V1 = vals.shape[0] if want_sums else 2
     pair_lo, pair_hi, col_lo, col_hi = (torch.as_tensor(t, dtype=torch.long).contiguous()
                                         for t in (pair_lo, pair_hi, col_lo, col_hi))
     if not 2 <= V1 <= 4:
         raise ValueError(f"vals must have 2 to 4 rows, got {V1}")
-    if table.shape[0] != K or table.shape[1] != vals.shape[1]:
-        raise ValueError(f"table {tuple(table.shape)} and vals {tuple(vals.shape)} do not match lhs {tuple(lhs.shape)}")
+    if table.shape[0] != K or (want_sums and table.shape[1] != vals.shape[1]):
+        raise ValueError(f"table {tuple(table.shape)} and vals {None if vals is None else tuple(vals.shape)} "
+                         f"do not match lhs {tuple(lhs.shape)}")
     if len(col_hi) and int(col_hi.max()) + PAD > table.shape[1]:
         raise ValueError(f"table needs {PAD} readable columns past the last segment's end")
     if not len(pair_lo) == len(pair_hi) == len(col_lo) == len(col_hi) == len(own_max):
@@ -202,7 +212,7 @@ def _call(lib, lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floo
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     dtype = lhs.dtype
-    for name, t in (("lhs", lhs), ("table", table), ("vals", vals)):
+    for name, t in (("lhs", lhs), ("table", table)) + ((("vals", vals),) if want_sums else ()):
         if t.dtype != dtype or dtype not in (torch.float32, torch.float64) or t.device.type != "cpu" \
                 or not t.is_contiguous():
             raise ValueError(f"{name} must be a contiguous CPU tensor of lhs's dtype (float32 or float64)")
@@ -211,8 +221,9 @@ def _call(lib, lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floo
     top = torch.zeros(n, dtype=dtype)
     fn = lib.softmax_sums_f32 if dtype == torch.float32 else lib.softmax_sums_f64
     rc = fn(len(col_lo), pair_lo.data_ptr(), pair_hi.data_ptr(), col_lo.data_ptr(), col_hi.data_ptr(), own.data_ptr(),
-            K, V1, lhs.data_ptr(), table.data_ptr(), table.stride(0), vals.data_ptr(), vals.stride(0), float(floor),
-            sums.data_ptr(), top.data_ptr(), min(threads, 1024))
+            K, V1, lhs.data_ptr(), table.data_ptr(), table.stride(0), (vals if want_sums else table).data_ptr(),
+            vals.stride(0) if want_sums else 0, float(floor), sums.data_ptr(), top.data_ptr(), min(threads, 1024),
+            int(want_sums))
     if rc == 1:
         raise ValueError(f"lhs must have at least one column, got {K}")
     if rc:
@@ -237,4 +248,8 @@ def _self_check(lib) -> str:
             if not (torch.allclose(sums[p], want, rtol=1e-5, atol=0)
                     and torch.allclose(top[p].double(), t, atol=1e-5)):
                 return f"{dtype}, segment {s}: max relative error {float(((sums[p] - want) / want).abs().max()):.1e}"
+        top = _call(lib, lhs, table, None, pair_lo, pair_hi, col_lo, col_hi, [True, True], -126.0)[1]
+        want = torch.cat([logit[slice(a, b), slice(c, d)].amax(1) for a, b, c, d in zip(pair_lo, pair_hi, col_lo, col_hi)])
+        if not torch.allclose(top.double(), want, atol=1e-5):
+            return f"{dtype}, maxima only: max error {float((top.double() - want).abs().max()):.1e}"
     return ""

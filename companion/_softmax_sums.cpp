@@ -211,9 +211,10 @@ template <typename T> struct Kernel {
         if (failed) throw std::bad_alloc();
     }
 
+    // want_sums = 0: only each pair's largest logit (every segment own_max; vals and sums are not read)
     static int run(long n_seg, const long *pair_lo, const long *pair_hi, const long *col_lo, const long *col_hi,
                    const unsigned char *own_max, int K, int V1, const T *lhs, const T *tab, long ldt,
-                   const T *vals, long ldv, T floor, double *sums, T *top, int threads) {
+                   const T *vals, long ldv, T floor, double *sums, T *top, int threads, int want_sums) {
         if (V1 < 2 || V1 > 4 || K < 1) return 1;
         // Items: runs of at most PAIR_STEP pairs of a segment by runs of its columns worth about ITEM_PAIRS
         // (pair, column) evaluations each. A run of pairs in several column runs gets partial sums per run;
@@ -268,6 +269,13 @@ template <typename T> struct Kernel {
                 top[p] = first || t > top[p] ? t : top[p];
             }
         }
+        if (!want_sums) {                                   // the whole items' maxima; column runs are done
+            std::vector<long> whole;
+            for (long i = 0; i < (long)items.size(); i++)
+                if (items[i].part < 0) whole.push_back(i);
+            each((long)whole.size(), threads, K, [&](long j, T *a) { go(items[whole[j]], a, MAXIMA, false); });
+            return 0;
+        }
         // the sums: whole items set top and sums, column runs sum relative to the combined top
         each((long)items.size(), threads, K, [&](long i, T *a) {
             go(items[i], a, items[i].part < 0 ? MAXIMA | SUMS : SUMS, false);
@@ -287,14 +295,14 @@ template <typename T> struct Kernel {
 };
 
 // Return 0, 1 when V1 or K is out of range, 2 when memory ran out. `threads`: at most this many threads share
-// the work.
+// the work. `want_sums` = 0: only `top` (each pair's largest logit; every segment must have own_max).
 extern "C" int softmax_sums_f32(long n_seg, const long *pair_lo, const long *pair_hi, const long *col_lo,
                                 const long *col_hi, const unsigned char *own_max, int K, int V1, const float *lhs,
                                 const float *tab, long ldt, const float *vals, long ldv, float floor, double *sums,
-                                float *top, int threads) {
+                                float *top, int threads, int want_sums) {
     try {
         return Kernel<float>::run(n_seg, pair_lo, pair_hi, col_lo, col_hi, own_max, K, V1, lhs, tab, ldt, vals, ldv,
-                                  floor, sums, top, threads);
+                                  floor, sums, top, threads, want_sums);
     } catch (...) {
         return 2;
     }
@@ -303,10 +311,10 @@ extern "C" int softmax_sums_f32(long n_seg, const long *pair_lo, const long *pai
 extern "C" int softmax_sums_f64(long n_seg, const long *pair_lo, const long *pair_hi, const long *col_lo,
                                 const long *col_hi, const unsigned char *own_max, int K, int V1, const double *lhs,
                                 const double *tab, long ldt, const double *vals, long ldv, double floor,
-                                double *sums, double *top, int threads) {
+                                double *sums, double *top, int threads, int want_sums) {
     try {
         return Kernel<double>::run(n_seg, pair_lo, pair_hi, col_lo, col_hi, own_max, K, V1, lhs, tab, ldt, vals, ldv,
-                                   floor, sums, top, threads);
+                                   floor, sums, top, threads, want_sums);
     } catch (...) {
         return 2;
     }

@@ -105,6 +105,47 @@ def test_kernel_threads_and_column_runs_equal_the_definition(dtype):
 
 
 @kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_max_logits_are_the_first_pass_of_the_kernel(dtype):
+    # max_logits: each pair's largest logit, as softmax_sums' own maximum gives it (bitwise), for segments
+    # cut into runs of pairs and into runs of columns, on 1-3 threads; -inf for a segment without columns,
+    # 0 for the pairs of no segment
+    g = torch.Generator().manual_seed(6)
+    n, K, m = 1100, 12, 300_000
+    lhs = torch.randn(n, K, generator=g, dtype=dtype) * 3 / math.sqrt(K)
+    table = torch.randn(K, m + _native.PAD, generator=g, dtype=dtype)
+    vals = torch.rand(2, m + _native.PAD, generator=g, dtype=dtype)
+    seg = ([0, 5, 40, 41, 300], [5, 40, 41, 300, 1040], [0, 7, 0, 0, 1], [m, m - 9, 0, 20_000, 9_000])
+    tops = [_native.max_logits(lhs, table, *seg, threads=t) for t in (1, 2, 3)]
+    assert all(torch.equal(t, tops[0]) for t in tops[1:]) and tops[0].dtype == dtype
+    assert torch.equal(tops[0], _native.softmax_sums(lhs, table, vals, *seg, [True] * 5, -126.0)[1])
+    logit = lhs.double() @ table.double()
+    want = torch.zeros(n, dtype=torch.float64)
+    for a, b, c, d in zip(*seg):
+        want[a:b] = logit[a:b, c:d].amax(1) if d > c else -math.inf
+    torch.testing.assert_close(tops[0].double(), want, rtol=0, atol=1e-5 if dtype == torch.float32 else 1e-12)
+    assert (tops[0][40] == -math.inf) and (tops[0][1040:] == 0).all()
+
+
+@kernel
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_plan_reference_by_the_kernel_equals_torch(dtype, monkeypatch):
+    # plan()'s ref (the best log-weight over the nearest clusters) from the kernel's maxima and from torch
+    from companion._els_bank import PatchBank
+
+    g = torch.Generator().manual_seed(7)
+    y = torch.randn(3000, 9, generator=g, dtype=torch.float64)
+    bank = PatchBank(y, y[:, :1], cluster_rows=64)
+    q = (y[:300] + 0.1 * torch.randn(300, 9, generator=g, dtype=torch.float64)).to(dtype)
+    s = torch.full((300,), 50.0, dtype=dtype)
+    ref = {}
+    for native in (False, True):
+        monkeypatch.setattr(PatchBank, "native", native)
+        ref[native] = bank.plan(q, s, 1e-7)[0]
+    torch.testing.assert_close(ref[True], ref[False], rtol=0, atol=1e-12 * float(ref[False].abs().max()))
+
+
+@kernel
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 flush-to-zero")
 def test_kernel_threads_flush_denormals_like_the_caller():
     # weights at the floor times 0.5 are denormal; with flush-to-zero set by the caller every thread must
