@@ -146,42 +146,54 @@ class PatchBank:
 
         ``tol = 0`` keeps every candidate (deduplication alone, exact). Up to ``_direct_pairs``
         (query, row) pairs, and whenever the windows could skip no row whatever the reference
-        (:meth:`_covers`: high noise, or ``tol = 0``), the whole bank is evaluated without planning;
-        otherwise it is evaluated by
-        clusters or by windows (:meth:`plan`), whichever the cost estimate says is cheaper; windows
-        are evaluated in tiles of about ``tile`` logits, and windows that span the whole bank (high
-        noise) in groups of up to 512 queries (512 queries by 512 rows run ~1.2-1.4x faster per
-        logit than 64 by 4096 on one CPU thread).
+        (:meth:`_covers`: high noise, or ``tol = 0``), the whole bank is evaluated without planning.
+        Otherwise :meth:`plan` draws the clusters and windows, and the bank is evaluated the way the
+        cost estimate says is cheapest: by clusters, by windows (in tiles of about ``tile`` logits;
+        windows that span the whole bank in groups of up to 512 queries), or whole (groups of 512
+        queries by every row run ~1.2-1.4x faster per pair than the windows' groups of 64 on one CPU
+        thread, which can outweigh the rows the windows skip).
         """
-        pairs = q.shape[0] * self.n_rows
+        Q, pairs = q.shape[0], q.shape[0] * self.n_rows
         if pairs <= self._direct_pairs or (self._skip_planning and self._covers(q, inv2s2, tol)):
-            # small, or nothing to skip: the whole bank without planning, in groups of up to 512 queries,
-            # with near_ref as the reference where it allows a fixed shift (else each query's own maximum:
-            # a reference far below the best would only add its rounding to float32 logits)
-            self.last_cost = dict(windows=pairs, clusters=math.nan, active=0, planned=False)
+            # small, or nothing to skip: no planning; near_ref is the reference where it allows a fixed
+            # shift (else each query's own maximum: a reference far below the best would only add its
+            # rounding to float32 logits)
+            self.last_cost = dict(windows=pairs, clusters=math.nan, active=0, planned=False, chosen="whole")
             near = self.near_ref(q, inv2s2)
-            out = torch.empty(q.shape[0], self.v.shape[1], dtype=torch.float64, device=q.device)
-            for idx in torch.arange(q.shape[0], device=q.device).split(512):
-                ref = near[idx] if float((self.logc.max() - near[idx]).max()) <= self._fixed_margin else None
-                out[idx] = self._softmax_mean(q[idx], inv2s2[idx], ref, slice(0, self.n_rows), max(256, tile // len(idx)))
-            return out.to(q.dtype)
+            fixed = float((self.logc.max() - near).max()) <= self._fixed_margin
+            return self._whole(q, inv2s2, near if fixed else None, tile).to(q.dtype)
         ref, keep, windows = self.plan(q, inv2s2, tol, group, span)
-        # cost in pairs of the two evaluations: by windows, or by clusters (plus a fixed cost each)
+        # cost in pairs of a window's group of queries: by windows, by clusters (plus a fixed cost each),
+        # or the whole bank
+        spans = [lo == 0 and hi == self.n_rows for _, lo, hi in windows]
         by_window = sum(len(idx) * (hi - lo) for idx, lo, hi in windows)
         per = keep.sum(0)                                                  # queries per cluster
         by_cluster = float(per.double() @ self.start.diff().to(q.device).double())
-        self.last_cost = dict(windows=by_window, clusters=by_cluster, active=int((per > 0).sum()), planned=True)
-        if self._pair_cost * by_cluster + self._overhead * self.last_cost["active"] < by_window:
+        active = int((per > 0).sum())
+        cost = {"clusters": self._pair_cost * by_cluster + self._overhead * active, "windows": by_window,
+                "whole": self._whole_cost * pairs}
+        chosen = min(cost, key=cost.get)
+        self.last_cost = dict(windows=by_window, clusters=by_cluster, active=active, planned=True, chosen=chosen)
+        if chosen == "clusters":
             return self._by_cluster(q, inv2s2, ref, keep).to(q.dtype)
-        out = torch.empty(q.shape[0], self.v.shape[1], dtype=torch.float64, device=q.device)
-        whole = [idx for idx, lo, hi in windows if lo == 0 and hi == self.n_rows]
-        parts = [(idx, lo, hi) for idx, lo, hi in windows if not (lo == 0 and hi == self.n_rows)]
-        if whole:
-            whole = torch.cat(whole)
-            parts += [(idx, 0, self.n_rows) for idx in whole.split(512)]
-        for idx, lo, hi in parts:
-            out[idx] = self._softmax_mean(q[idx], inv2s2[idx], ref[idx], slice(lo, hi), max(256, tile // len(idx)))
+        if chosen == "whole":
+            return self._whole(q, inv2s2, ref, tile).to(q.dtype)
+        out = torch.empty(Q, self.v.shape[1], dtype=torch.float64, device=q.device)
+        if any(spans):
+            idx = torch.cat([w[0] for w, sp in zip(windows, spans) if sp])
+            out[idx] = self._whole(q[idx], inv2s2[idx], ref[idx], tile)
+        for (idx, lo, hi), sp in zip(windows, spans):
+            if not sp:
+                out[idx] = self._softmax_mean(q[idx], inv2s2[idx], ref[idx], slice(lo, hi), max(256, tile // len(idx)))
         return out.to(q.dtype)
+
+    def _whole(self, q, inv2s2, ref, tile):
+        """Posterior means ``(Q, V)`` (float64) over the whole bank, in groups of up to 512 queries."""
+        out = torch.empty(q.shape[0], self.v.shape[1], dtype=torch.float64, device=q.device)
+        for idx in torch.arange(q.shape[0], device=q.device).split(512):
+            out[idx] = self._softmax_mean(q[idx], inv2s2[idx], None if ref is None else ref[idx],
+                                          slice(0, self.n_rows), max(256, tile // len(idx)))
+        return out
 
     def plan(self, q, inv2s2, tol, group=64, span=2048):
         """What to evaluate for queries ``q`` ``(Q, P)``: ``(ref, keep, windows)``.
@@ -308,6 +320,9 @@ class PatchBank:
     _direct_pairs = 2**21
     # skip planning when even the narrowest window spans the whole bank (_covers: high noise)
     _skip_planning = True
+    # cost per pair of the whole bank in groups of 512 queries, relative to the windows' groups of 64
+    # (measured with the fused kernel on one CPU thread, k = 3 and 5: 0.70-0.87)
+    _whole_cost = 0.8
     # near_ref is used as a fixed shift when max log c lies at most this far above it (natural log units;
     # the float32 margin of _softmax_mean, so that the shift is fixed there too)
     _fixed_margin = 40.0

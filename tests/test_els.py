@@ -414,9 +414,9 @@ def _real_digits(size):
 
 @pytest.mark.parametrize("size,k", [(8, 3), (16, 5)])
 @pytest.mark.parametrize("sigma", [1e-4, 0.02, 0.1, 2.0])
-@pytest.mark.parametrize("path", ["clusters", "windows"])
+@pytest.mark.parametrize("path", ["clusters", "windows", "whole"])
 def test_cluster_and_window_paths_equal_the_plain_machine(size, k, sigma, path, monkeypatch):
-    # both evaluations of the bank (forced through the cost estimate) against the plain machine
+    # the three evaluations of a planned bank (forced through the cost estimate) against the plain machine
     from companion._els_bank import PatchBank
 
     data = _real_digits(size)
@@ -425,6 +425,7 @@ def test_cluster_and_window_paths_equal_the_plain_machine(size, k, sigma, path, 
     plain = els.equivariant_local(data, k, bank_min=float("inf"))(x, sigma)
     monkeypatch.setattr(PatchBank, "_pair_cost", 0.0 if path == "clusters" else 1.0)
     monkeypatch.setattr(PatchBank, "_overhead", -1 if path == "clusters" else math.inf)
+    monkeypatch.setattr(PatchBank, "_whole_cost", -1.0 if path == "whole" else 1e9)
     calls = []
     orig = PatchBank._by_cluster
     monkeypatch.setattr(PatchBank, "_by_cluster", lambda self, *a: calls.append(1) or orig(self, *a))
@@ -433,6 +434,7 @@ def test_cluster_and_window_paths_equal_the_plain_machine(size, k, sigma, path, 
     bound = 2 * tol * data.abs().max().item()
     torch.testing.assert_close(fast(x, sigma), plain, rtol=0, atol=bound + 1e-12)
     assert (len(calls) > 0) == (path == "clusters")
+    assert {b.last_cost["chosen"] for b in fast._banks.values()} == {path}
     f32 = els.equivariant_local(data.float(), k, tol=tol, bank_min=1)(x.float(), sigma)
     assert torch.isfinite(f32).all() and (f32.double() - plain).abs().max() < 1e-4
 
@@ -516,7 +518,7 @@ def test_plan_skips_at_most_tol_times_the_reference(case, sigma):
     assert not in_window.all() and not keep.all()                        # something is skipped
 
 
-@pytest.mark.parametrize("path", ["clusters", "windows", "direct"])
+@pytest.mark.parametrize("path", ["clusters", "windows", "whole", "direct"])
 def test_float32_bank_resolves_near_ties_at_tiny_sigma(path, monkeypatch):
     # each query sits halfway between two rows q ± d (as rounded in float32): at σ = 1e-4 the
     # posterior between them hinges on squared distances that differ by ~1e-9, so the float32
@@ -526,6 +528,7 @@ def test_float32_bank_resolves_near_ties_at_tiny_sigma(path, monkeypatch):
 
     monkeypatch.setattr(PatchBank, "_pair_cost", 0.0 if path == "clusters" else 1.0)
     monkeypatch.setattr(PatchBank, "_overhead", -1 if path == "clusters" else math.inf)
+    monkeypatch.setattr(PatchBank, "_whole_cost", -1.0 if path == "whole" else 1e9)
     monkeypatch.setattr(PatchBank, "_direct_pairs", 2**40 if path == "direct" else 0)
     g = torch.Generator().manual_seed(11)
     q = torch.randn(40, 9, generator=g)

@@ -279,7 +279,7 @@ def _colour_digits(channels):
 @kernel
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("sigma", [1e-4, 0.02, 0.1, 2.0])
-@pytest.mark.parametrize("path", ["clusters", "windows", "direct"])
+@pytest.mark.parametrize("path", ["clusters", "windows", "whole", "direct"])
 def test_bank_with_the_kernel_equals_the_bank_without(path, sigma, channels, monkeypatch):
     # each way of evaluating the bank, forced, with and without the kernel, against the float64 machine
     from companion import els
@@ -292,6 +292,7 @@ def test_bank_with_the_kernel_equals_the_bank_without(path, sigma, channels, mon
     monkeypatch.setattr(PatchBank, "_skip_planning", path == "direct")
     monkeypatch.setattr(PatchBank, "_pair_cost", 0.0 if path == "clusters" else 1.0)
     monkeypatch.setattr(PatchBank, "_overhead", -1 if path == "clusters" else math.inf)
+    monkeypatch.setattr(PatchBank, "_whole_cost", -1.0 if path == "whole" else 1e9)
     used = []
     orig = _native.softmax_sums
     monkeypatch.setattr(_native, "softmax_sums", lambda lhs, *a: used.append(lhs.dtype) or orig(lhs, *a))
