@@ -82,19 +82,26 @@ def test_kernel_own_maximum_never_overflows():
     assert float(top[0]) == 1000.0 and math.isclose(float(sums[0, 0]), 1 + 2.0**-1, rel_tol=1e-5)
 
 
-@kernel
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_kernel_threads_and_column_runs_equal_the_definition(dtype):
-    # large enough to be shared among threads: segments of many pairs (split into runs of pairs) and of
-    # few pairs with many columns (split into runs of columns whose sums are combined, each run with its
-    # own maximum where own_max), and an empty one; the result must not depend on the number of threads
-    g = torch.Generator().manual_seed(5)
-    n, K, m = 1040, 12, 300_000
+def _large_problem(dtype, seed):
+    """A problem large enough to be shared among threads: segments of many pairs (split into runs of
+    pairs) and of few pairs with many columns (split into runs of columns), an empty one, and pairs of
+    no segment (1040-1099)."""
+    g = torch.Generator().manual_seed(seed)
+    n, K, m = 1100, 12, 300_000
     lhs = torch.randn(n, K, generator=g, dtype=dtype) * 3 / math.sqrt(K)
     table = torch.randn(K, m + _native.PAD, generator=g, dtype=dtype)
     vals = torch.rand(3, m + _native.PAD, generator=g, dtype=dtype)
     seg = ([0, 5, 40, 41, 300, 990], [5, 40, 41, 300, 990, 1040], [0, 7, 0, 0, 1, 3], [m, m - 9, 0, 20_000, 9_000, m],
            [False, True, True, True, False, False])
+    return lhs, table, vals, seg
+
+
+@kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_threads_and_column_runs_equal_the_definition(dtype):
+    # column runs' sums are combined, each run with its own maximum where own_max; the result must not
+    # depend on the number of threads
+    lhs, table, vals, seg = _large_problem(dtype, 5)
     out = [_native.softmax_sums(lhs, table, vals, *seg, -126.0, threads=t) for t in (1, 2, 3)]
     for sums, top in out[1:]:
         assert torch.equal(sums, out[0][0]) and torch.equal(top, out[0][1])
@@ -107,22 +114,14 @@ def test_kernel_threads_and_column_runs_equal_the_definition(dtype):
 @kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_max_logits_are_the_first_pass_of_the_kernel(dtype):
-    # max_logits: each pair's largest logit, as softmax_sums' own maximum gives it (bitwise), for segments
-    # cut into runs of pairs and into runs of columns, on 1-3 threads; -inf for a segment without columns,
-    # 0 for the pairs of no segment
-    g = torch.Generator().manual_seed(6)
-    n, K, m = 1100, 12, 300_000
-    lhs = torch.randn(n, K, generator=g, dtype=dtype) * 3 / math.sqrt(K)
-    table = torch.randn(K, m + _native.PAD, generator=g, dtype=dtype)
-    vals = torch.rand(2, m + _native.PAD, generator=g, dtype=dtype)
-    seg = ([0, 5, 40, 41, 300], [5, 40, 41, 300, 1040], [0, 7, 0, 0, 1], [m, m - 9, 0, 20_000, 9_000])
-    tops = [_native.max_logits(lhs, table, *seg, threads=t) for t in (1, 2, 3)]
+    # max_logits: each pair's largest logit, as softmax_sums' own maximum gives it (bitwise), on 1-3
+    # threads; -inf for a segment without columns, 0 for the pairs of no segment
+    lhs, table, vals, seg = _large_problem(dtype, 6)
+    own = (*seg[:4], [True] * 6)
+    tops = [_native.max_logits(lhs, table, *seg[:4], threads=t) for t in (1, 2, 3)]
     assert all(torch.equal(t, tops[0]) for t in tops[1:]) and tops[0].dtype == dtype
-    assert torch.equal(tops[0], _native.softmax_sums(lhs, table, vals, *seg, [True] * 5, -126.0)[1])
-    logit = lhs.double() @ table.double()
-    want = torch.zeros(n, dtype=torch.float64)
-    for a, b, c, d in zip(*seg):
-        want[a:b] = logit[a:b, c:d].amax(1) if d > c else -math.inf
+    assert torch.equal(tops[0], _native.softmax_sums(lhs, table, vals, *own, -126.0)[1])
+    want = _reference(lhs, table, vals, own, -126.0)[1]
     torch.testing.assert_close(tops[0].double(), want, rtol=0, atol=1e-5 if dtype == torch.float32 else 1e-12)
     assert (tops[0][40] == -math.inf) and (tops[0][1040:] == 0).all()
 
