@@ -31,15 +31,18 @@ Two reductions make it fast without changing the result beyond a stated toleranc
   is ``tol`` :math:`e^{L_q}` for :math:`h^2 = (\log(C/\text{tol}) - L_q)/s`. Queries sorted by
   their projection share contiguous slices in groups.
 
-  Each call evaluates the bank the cheaper way by a cost estimate (pairs to evaluate, plus a fixed
-  cost per cluster): at high noise the windows (nothing to skip: one slice, no overhead), at low
-  noise the clusters (the union of a group's windows is much larger than each query's kept set).
+  Each call evaluates the bank the cheapest way by a cost estimate (pairs to evaluate, plus a fixed
+  cost per cluster): by clusters (low noise: the union of a group's windows is much larger than
+  each query's kept set), by windows, or the whole bank in large groups of queries (whose pairs
+  cost ~0.8 of the windows', which outweighs the rows wide windows skip at moderate noise).
   Small calls (at most ``_direct_pairs`` query-row pairs) skip the planning and evaluate the whole
   bank, and so do calls at noise so high that even the narrowest window, the one for the largest
   conceivable :math:`L_q = \max_j \log c_j`, spans the whole bank (planning, 10-16% of such a call,
-  could skip nothing by windows); their reference is the best log-weight of the two rows next to
-  the query in projection order (:meth:`PatchBank.near_ref`, a lower bound on :math:`L_q`), or each
-  query's own maximum where that reference is too low for a fixed shift.
+  could skip nothing by windows). Without planning the weights are shifted by :math:`\max_j \log
+  c_j` (no log-weight exceeds it) where the best log-weight of the two rows next to the query in
+  projection order (:meth:`PatchBank.near_ref`, a lower bound on the best log-weight) shows that the
+  largest weight stays above :math:`e^{-40}` so (float64: :math:`e^{-600}`), else by each query's
+  own maximum.
 
 Logits come out of one matrix product per group of queries, after shifting both sides by the
 group's mean query when that reduces the float32 cancellation of :math:`\|q\|^2 - 2q\cdot y +
@@ -54,6 +57,8 @@ of a second product laid out as ``[v, 1]ᵀ · wᵀ`` (a wide output, several ti
 run fused in :mod:`companion._native`'s kernel when it can be built (logits, ``exp2`` and sums of a
 block of pairs in registers, ~2x faster per pair; float64 logits where float32 would round too much),
 with the same shifts, clamps and float64 accumulation: the two paths agree to float32 rounding.
+The kernel's maxima also give :meth:`PatchBank.plan` its references (in float64, whatever the
+queries' type) on the CPU.
 """
 from __future__ import annotations
 
@@ -94,8 +99,9 @@ class PatchBank:
         dedup: merge identical (patch, value) rows into one with its count.
         cluster_rows: mean number of rows per cluster (``K = ⌈n_rows / cluster_rows⌉`` clusters).
 
-    ``native`` (default ``True``): evaluate float32 pairs on the CPU with the fused kernel of
-    :mod:`companion._native` when it is available (``False``: always with torch).
+    ``native`` (default ``True``): evaluate float32 pairs on the CPU, and the references of
+    :meth:`plan` on the CPU, with the fused kernel of :mod:`companion._native` when it is available
+    (``False``: always with torch).
     """
 
     native = True
@@ -154,13 +160,16 @@ class PatchBank:
         thread, which can outweigh the rows the windows skip).
         """
         Q, pairs = q.shape[0], q.shape[0] * self.n_rows
+        if Q == 0:
+            return q.new_empty(0, self.v.shape[1])
         if pairs <= self._direct_pairs or (self._skip_planning and self._covers(q, inv2s2, tol)):
             # small, or nothing to skip: no planning; near_ref is the reference where it allows a fixed
             # shift (else each query's own maximum: a reference far below the best would only add its
             # rounding to float32 logits)
-            self.last_cost = dict(windows=pairs, clusters=math.nan, active=0, planned=False, chosen="whole")
             near = self.near_ref(q, inv2s2)
-            fixed = float((self.logc.max() - near).max()) <= self._fixed_margin
+            fixed = float((self.logc.max() - near).max()) <= self._margin(q.dtype)
+            self.last_cost = dict(windows=pairs, clusters=math.nan, active=0, planned=False, chosen="whole",
+                                  fixed=fixed)
             return self._whole(q, inv2s2, near if fixed else None, tile).to(q.dtype)
         ref, keep, windows = self.plan(q, inv2s2, tol, group, span)
         # cost in pairs of a window's group of queries: by windows, by clusters (plus a fixed cost each),
@@ -173,7 +182,8 @@ class PatchBank:
         cost = {"clusters": self._pair_cost * by_cluster + self._overhead * active, "windows": by_window,
                 "whole": self._whole_cost * pairs}
         chosen = min(cost, key=cost.get)
-        self.last_cost = dict(windows=by_window, clusters=by_cluster, active=active, planned=True, chosen=chosen)
+        self.last_cost = dict(windows=by_window, clusters=by_cluster, active=active, planned=True, chosen=chosen,
+                              fixed=None)
         if chosen == "clusters":
             return self._by_cluster(q, inv2s2, ref, keep).to(q.dtype)
         if chosen == "whole":
@@ -190,9 +200,10 @@ class PatchBank:
     def _whole(self, q, inv2s2, ref, tile):
         """Posterior means ``(Q, V)`` (float64) over the whole bank, in groups of up to 512 queries."""
         out = torch.empty(q.shape[0], self.v.shape[1], dtype=torch.float64, device=q.device)
-        for idx in torch.arange(q.shape[0], device=q.device).split(512):
-            out[idx] = self._softmax_mean(q[idx], inv2s2[idx], None if ref is None else ref[idx],
-                                          slice(0, self.n_rows), max(256, tile // len(idx)))
+        for a in range(0, q.shape[0], 512):
+            g = slice(a, a + 512)
+            out[g] = self._softmax_mean(q[g], inv2s2[g], None if ref is None else ref[g], slice(0, self.n_rows),
+                                        max(256, tile // len(q[g])))
         return out
 
     def plan(self, q, inv2s2, tol, group=64, span=2048):
@@ -216,10 +227,11 @@ class PatchBank:
         lhs = torch.cat([2 * so * qo, -so, torch.ones_like(so), -so * qo.pow(2).sum(1, keepdim=True)], 1)
         groups = self._groups(near[order], group, span)     # exact best over the nearest clusters
         if self.native and dev.type == "cpu" and _native.load() is not None:      # the kernel's maxima
-            if "ref_table" not in self.__dict__:
-                self.ref_table = F.pad(table64.T, (0, _native.PAD))
+            if ("native", "ref") not in self.__dict__:
+                self.__dict__["native", "ref"] = F.pad(table64.T, (0, _native.PAD))
             a, b, f, l = zip(*groups)
-            ref = _native.max_logits(lhs, self.ref_table, a, b, [start[i] for i in f], [start[i + 1] for i in l])
+            ref = _native.max_logits(lhs, self.__dict__["native", "ref"], a, b, [start[i] for i in f],
+                                     [start[i + 1] for i in l])
         else:
             ref = torch.empty(Q, dtype=torch.float64, device=dev)
             for a, b, f, l in groups:
@@ -244,9 +256,10 @@ class PatchBank:
         return ref, keep, windows
 
     def near_ref(self, q, inv2s2):
-        """``(Q,)`` float64: a lower bound on each query's largest log-weight, the better exact log-weight
-        of the two rows next to it in projection order (``O(Q·P)``; at high noise within a few nats of
-        the best, since every row is then about as far from the query)."""
+        r"""``(Q,)`` float64: a lower bound on each query's best log-weight :math:`\max_j(\log c_j -
+        s\|q - y_j\|^2)`, the better exact log-weight of the two rows next to it in projection order
+        (``O(Q·P)``; at high noise within a few nats of the best, since every row is then about as
+        far from the query)."""
         q64, dev = q.double(), q.device
         i = torch.searchsorted(self.z.to(dev), q64 @ self.u.to(dev)).clamp_(1, max(1, self.n_rows - 1))
         i = torch.stack([i - 1, i]).clamp_max_(self.n_rows - 1)                           # (2, Q)
@@ -256,7 +269,8 @@ class PatchBank:
     def _covers(self, q, inv2s2, tol):
         """Whether every query's window (:meth:`plan`) spans the whole bank whatever its ``ref``: the
         narrowest window, for ``ref = max log c`` (no log-weight exceeds it), does. Then planning could
-        skip nothing by windows (and little by clusters: their bounds are looser at such noise)."""
+        skip nothing by windows (the clusters' bounds are not consulted: evaluating the whole bank
+        is exact either way)."""
         if tol <= 0:
             return True
         zq = q.double() @ self.u.to(q.device)
@@ -315,17 +329,19 @@ class PatchBank:
     # one CPU thread, 8x8 and 16x16 digits, k = 3 and 5, sigma 0.02-0.5): 1.3x per pair, and a fixed
     # cost per active cluster worth ~1e4 pairs of a window. Either choice gives the same result.
     _pair_cost, _overhead = 1.3, 10_000
-    # at most this many pairs (queries x rows) are evaluated whole, each query with its own maximum:
-    # planning (~1-2 ms a call) would cost more than it saves
+    # at most this many pairs (queries x rows) are evaluated whole without planning (~1-2 ms a call),
+    # which would cost more than it saves
     _direct_pairs = 2**21
     # skip planning when even the narrowest window spans the whole bank (_covers: high noise)
     _skip_planning = True
     # cost per pair of the whole bank in groups of 512 queries, relative to the windows' groups of 64
     # (measured with the fused kernel on one CPU thread, k = 3 and 5: 0.70-0.87)
     _whole_cost = 0.8
-    # near_ref is used as a fixed shift when max log c lies at most this far above it (natural log units;
-    # the float32 margin of _softmax_mean, so that the shift is fixed there too)
-    _fixed_margin = 40.0
+    @staticmethod
+    def _margin(dtype) -> float:
+        """How far (natural log units) the shift may lie above the best log-weight: the largest weight
+        then stays above e^-margin, far from the clamp at the floor (e^-87; e^-700 in float64)."""
+        return 600.0 if dtype == torch.float64 else 40.0
 
     def _by_cluster(self, q, inv2s2, ref, keep, block: int = 2**16):
         """Posterior means ``(Q, V)``: each kept cluster against the queries that keep it.
@@ -478,7 +494,7 @@ class PatchBank:
         # exp2 leaves its fast path below the smallest normal number: logits are clamped at `floor`
         # (each clamped weight is below e^floor times the largest weight, or e^(floor + margin) when
         # the shift is fixed: a relative change below m·e^-47 of the normalizer)
-        floor, margin = (-700.0, 600.0) if q.dtype == torch.float64 else (-87.0, 40.0)   # natural log units
+        floor, margin = (-700.0 if q.dtype == torch.float64 else -87.0), self._margin(q.dtype)   # natural log
         if ref is None:                                     # no reference: each query's own maximum
             fixed, shift = False, torch.zeros(n, dtype=torch.float64, device=q.device)
         else:

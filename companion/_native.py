@@ -40,7 +40,7 @@ import threading
 
 import torch
 
-__all__ = ["load", "runs", "softmax_sums", "PAD"]
+__all__ = ["load", "runs", "softmax_sums", "max_logits", "PAD"]
 
 SOURCE = pathlib.Path(__file__).with_name("_softmax_sums.cpp")
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
@@ -189,6 +189,8 @@ def _call(lib, lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floo
     n, K = lhs.shape
     want_sums = vals is not None                       # None: maxima only (vals and sums are not read)
     V1 = vals.shape[0] if want_sums else 2
+    if not want_sums and not all(bool(o) for o in own_max):
+        raise ValueError("maxima only (vals=None) needs own_max for every segment")
     pair_lo, pair_hi, col_lo, col_hi = (torch.as_tensor(t, dtype=torch.long).contiguous()
                                         for t in (pair_lo, pair_hi, col_lo, col_hi))
     if not 2 <= V1 <= 4:
@@ -249,7 +251,7 @@ def _self_check(lib) -> str:
                     and torch.allclose(top[p].double(), t, atol=1e-5)):
                 return f"{dtype}, segment {s}: max relative error {float(((sums[p] - want) / want).abs().max()):.1e}"
         top = _call(lib, lhs, table, None, pair_lo, pair_hi, col_lo, col_hi, [True, True], -126.0)[1]
-        want = torch.cat([logit[slice(a, b), slice(c, d)].amax(1) for a, b, c, d in zip(pair_lo, pair_hi, col_lo, col_hi)])
+        want = torch.cat([logit[a:b, c:d].amax(1) for a, b, c, d in zip(pair_lo, pair_hi, col_lo, col_hi)])
         if not torch.allclose(top.double(), want, atol=1e-5):
             return f"{dtype}, maxima only: max error {float((top.double() - want).abs().max()):.1e}"
     return ""

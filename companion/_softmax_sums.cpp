@@ -270,10 +270,11 @@ template <typename T> struct Kernel {
             }
         }
         if (!want_sums) {                                   // the whole items' maxima; column runs are done
-            std::vector<long> whole;
+            std::vector<long> whole_items;
             for (long i = 0; i < (long)items.size(); i++)
-                if (items[i].part < 0) whole.push_back(i);
-            each((long)whole.size(), threads, K, [&](long j, T *a) { go(items[whole[j]], a, MAXIMA, false); });
+                if (items[i].part < 0) whole_items.push_back(i);
+            each((long)whole_items.size(), threads, K,
+                 [&](long j, T *a) { go(items[whole_items[j]], a, MAXIMA, false); });
             return 0;
         }
         // the sums: whole items set top and sums, column runs sum relative to the combined top

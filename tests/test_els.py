@@ -575,6 +575,8 @@ def test_unplanned_only_where_no_window_could_skip_a_row():
             covered.append((sigma, covers, spans))
     assert not any(c for sg, c, _ in covered if sg == 0.05) and all(c for sg, c, _ in covered if sg == 3.0)
     assert any(sp and not c for _, c, sp in covered)          # the test is conservative: some spans it misses
+    s = torch.full((len(part),), 0.5 / 3.0**2, dtype=torch.float64)
+    assert bank._covers(part, s, tol) and not bank._covers(part, s.index_fill(0, torch.tensor([3]), 0.5 / 0.05**2), tol)
 
 
 def test_unplanned_test_is_tight_where_the_best_row_is_the_heaviest():
@@ -613,8 +615,18 @@ def test_unplanned_calls_equal_the_plain_machine(dtype, monkeypatch):
         fast = els.equivariant_local(data.to(dtype), 3, tol=1e-7, bank_min=1)
         got = fast(x.to(dtype), sigma).double()
         assert {b.last_cost["planned"] for b in fast._banks.values()} == {planned}
+        if not planned:                                     # near_ref allowed the fixed shift everywhere
+            assert all(b.last_cost["fixed"] for b in fast._banks.values())
         limit = 2e-7 * data.abs().max().item() + 1e-12 if dtype == torch.float64 else 1e-5
         assert (got - plain).abs().max() <= limit
+
+
+def test_bank_without_queries_returns_no_rows():
+    from companion._els_bank import PatchBank
+
+    bank = PatchBank(torch.randn(50, 9, dtype=torch.float64), torch.rand(50, 1, dtype=torch.float64))
+    out = bank.posterior_mean(torch.zeros(0, 9, dtype=torch.float64), torch.zeros(0, dtype=torch.float64), 1e-7)
+    assert out.shape == (0, 1)
 
 
 def test_bank_arguments():

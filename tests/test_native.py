@@ -124,6 +124,8 @@ def test_max_logits_are_the_first_pass_of_the_kernel(dtype):
     want = _reference(lhs, table, vals, own, -126.0)[1]
     torch.testing.assert_close(tops[0].double(), want, rtol=0, atol=1e-5 if dtype == torch.float32 else 1e-12)
     assert (tops[0][40] == -math.inf) and (tops[0][1040:] == 0).all()
+    with pytest.raises(ValueError, match="own_max for every segment"):         # maxima relative to 0: none
+        _native._call(_native.load(), lhs, table, None, *seg, -126.0)
 
 
 @kernel
