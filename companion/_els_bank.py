@@ -41,8 +41,8 @@ Two reductions make it fast without changing the result beyond a stated toleranc
   could skip nothing by windows). Without planning the weights are shifted by :math:`\max_j \log
   c_j` (no log-weight exceeds it) where the best log-weight of the two rows next to the query in
   projection order (:meth:`PatchBank.near_ref`, a lower bound on the best log-weight) shows that the
-  largest weight stays above :math:`e^{-40}` so (float64: :math:`e^{-600}`), else by each query's
-  own maximum.
+  largest weight stays above :math:`e^{-40}` (float64: :math:`e^{-600}`), else by each query's own
+  maximum.
 
 Logits come out of one matrix product per group of queries, after shifting both sides by the
 group's mean query when that reduces the float32 cancellation of :math:`\|q\|^2 - 2q\cdot y +
@@ -172,8 +172,8 @@ class PatchBank:
                                   fixed=fixed)
             return self._whole(q, inv2s2, near if fixed else None, tile).to(q.dtype)
         ref, keep, windows = self.plan(q, inv2s2, tol, group, span)
-        # cost in pairs of a window's group of queries: by windows, by clusters (plus a fixed cost each),
-        # or the whole bank
+        # cost in pairs (those of the windows' groups as the unit): by windows, by clusters (plus a fixed
+        # cost each), or the whole bank
         spans = [lo == 0 and hi == self.n_rows for _, lo, hi in windows]
         by_window = sum(len(idx) * (hi - lo) for idx, lo, hi in windows)
         per = keep.sum(0)                                                  # queries per cluster
@@ -337,6 +337,7 @@ class PatchBank:
     # cost per pair of the whole bank in groups of 512 queries, relative to the windows' groups of 64
     # (measured with the fused kernel on one CPU thread, k = 3 and 5: 0.70-0.87)
     _whole_cost = 0.8
+
     @staticmethod
     def _margin(dtype) -> float:
         """How far (natural log units) the shift may lie above the best log-weight: the largest weight
