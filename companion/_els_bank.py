@@ -42,7 +42,9 @@ Two reductions make it fast without changing the result beyond a stated toleranc
   c_j` (no log-weight exceeds it) where the best log-weight of the two rows next to the query in
   projection order (:meth:`PatchBank.near_ref`, a lower bound on the best log-weight) shows that the
   largest weight stays above :math:`e^{-40}` (float64: :math:`e^{-600}`), else by each query's own
-  maximum.
+  maximum. A machine with several banks evaluates those it does not plan in one call of the
+  fused kernel (:meth:`PatchBank.unplanned_lhs`: uncentred, float64 logits where float32 would round
+  too much).
 
 Logits come out of one matrix product per group of queries, after shifting both sides by the
 group's mean query when that reduces the float32 cancellation of :math:`\|q\|^2 - 2q\cdot y +
@@ -162,15 +164,8 @@ class PatchBank:
         Q, pairs = q.shape[0], q.shape[0] * self.n_rows
         if Q == 0:
             return q.new_empty(0, self.v.shape[1])
-        if pairs <= self._direct_pairs or (self._skip_planning and self._covers(q, inv2s2, tol)):
-            # small, or nothing to skip: no planning; near_ref is the reference where it allows a fixed
-            # shift (else each query's own maximum: a reference far below the best would only add its
-            # rounding to float32 logits)
-            near = self.near_ref(q, inv2s2)
-            fixed = float((self.logc.max() - near).max()) <= self._margin(q.dtype)
-            self.last_cost = dict(windows=pairs, clusters=math.nan, active=0, planned=False, chosen="whole",
-                                  fixed=fixed)
-            return self._whole(q, inv2s2, near if fixed else None, tile).to(q.dtype)
+        if self.unplanned(q, inv2s2, tol):
+            return self._whole(q, inv2s2, self._unplanned_ref(q, inv2s2), tile).to(q.dtype)
         ref, keep, windows = self.plan(q, inv2s2, tol, group, span)
         # cost in pairs (those of the windows' groups as the unit): by windows, by clusters (plus a fixed
         # cost each), or the whole bank
@@ -196,6 +191,39 @@ class PatchBank:
             if not sp:
                 out[idx] = self._softmax_mean(q[idx], inv2s2[idx], ref[idx], slice(lo, hi), max(256, tile // len(idx)))
         return out.to(q.dtype)
+
+    def unplanned(self, q, inv2s2, tol) -> bool:
+        """Whether :meth:`posterior_mean` evaluates the whole bank for queries ``q`` without planning:
+        at most ``_direct_pairs`` pairs, or no window could skip a row (:meth:`_covers`)."""
+        return q.shape[0] * self.n_rows <= self._direct_pairs or (self._skip_planning and self._covers(q, inv2s2, tol))
+
+    def _unplanned_ref(self, q, inv2s2):
+        """The reference of a call without planning, and its ``last_cost``: :meth:`near_ref` where it shows
+        that every query's largest weight stays above e^-40 (float64: e^-600) with the shift fixed at
+        ``max log c`` (no log-weight exceeds it), else ``None`` (each query's own maximum: a reference
+        far below the best would only add its rounding to float32 logits)."""
+        near = self.near_ref(q, inv2s2)
+        fixed = float((self.logc.max() - near).max()) <= self._margin(q.dtype)
+        self.last_cost = dict(windows=q.shape[0] * self.n_rows, clusters=math.nan, active=0, planned=False,
+                              chosen="whole", fixed=fixed)
+        return near if fixed else None
+
+    def unplanned_lhs(self, q, inv2s2):
+        """For float32 queries ``q`` evaluated without planning by the fused kernel against :meth:`_table`
+        (uncentred), as one segment of a call shared with other banks: ``(lhs, own_max)``, the logits'
+        left-hand side in log2 units (float32 when their estimated rounding ``eps·(max‖q‖ + max‖y‖)²·s``
+        is at most 1e-4, else float64) and whether the queries take their own maxima (else the shift
+        is ``max log c``; :meth:`_unplanned_ref`). ``None`` where even float64 would round more (then
+        :meth:`posterior_mean` centres the queries)."""
+        rounding = _EPS32 * (float(q.norm(dim=1).max()) + float(self._table(q.dtype)[2])) ** 2 * float(inv2s2.max())
+        if rounding * 2.0**-29 > _ROUNDING:                     # float64's epsilon is float32's times 2^-29
+            return None
+        own = self._unplanned_ref(q, inv2s2) is None
+        dt = q.dtype if rounding <= _ROUNDING else torch.float64
+        s, qd = inv2s2.to(dt)[:, None], q.to(dt)
+        shift = 0.0 if own else float(self.logc.max())
+        lhs = _LOG2E * torch.cat([2 * s * qd, -s, torch.ones_like(s), -s * qd.pow(2).sum(1, keepdim=True) - shift], 1)
+        return lhs, own
 
     def _whole(self, q, inv2s2, ref, tile):
         """Posterior means ``(Q, V)`` (float64) over the whole bank, in groups of up to 512 queries."""

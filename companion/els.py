@@ -29,7 +29,9 @@ log-sum-exp, so memory stays bounded (``chunk_elements``) and the weights are ex
 (unconditional) go through :class:`companion._els_bank.PatchBank` instead: identical training patches
 are merged with their counts as log-weights, and candidates whose total weight is provably below
 ``tol`` times the normalizer are skipped (the result moves by at most ``2·tol·max|x0|``): whole
-k-means clusters of patches per query, or everything outside a window in one projection.
+k-means clusters of patches per query, or everything outside a window in one projection. The banks
+that a call evaluates whole (small ones, such as zero padding's edge classes, and all at high noise)
+share one call of the fused kernel of :mod:`companion._native`, a segment each.
 
 Also here: a locality schedule (patch size per σ) and its calibration against a trained network
 (:mod:`companion._els_calibrate`), and the per-image Pearson correlation that the paper's evaluation
@@ -336,12 +338,14 @@ class ScoreMachine:
         key = (self.kind, self.padding, H, W, k)
         if key not in self._classes:
             self._classes[key] = position_classes(*key)
+        banked = [pos.to(x.device) for idx in self._classes[key] for pos in idx
+                  if self.kind == "els" and allowed is None and K * idx.shape[1] >= self.bank_min]
+        for pos, est in zip(banked, self._bank_means(data, q, s, k, banked)):
+            out[:, :, pos] = est
         for idx in self._classes[key]:
             idx = idx.to(x.device)
             G, n = idx.shape
             if self.kind == "els" and allowed is None and K * n >= self.bank_min:
-                for g in range(G):
-                    out[:, :, idx[g]] = self._bank_mean(data, q, s, k, idx[g])
                 continue
             if allowed is None and PatchBank.native and _native.runs(x, V):
                 fused = self._fused_mean(data, q, inv2s2, k, idx)
@@ -401,20 +405,49 @@ class ScoreMachine:
         est = (sums[:, :-1] / sums[:, -1:]).to(q.dtype)                                    # (G B n, V)
         return est.reshape(G, B, n, -1).permute(1, 3, 0, 2)
 
-    def _bank_mean(self, data, q, s, k, pos) -> torch.Tensor:
-        """Posterior means ``(B, V, n)`` of the queries at positions ``pos`` ``(n,)`` through a
-        :class:`~companion._els_bank.PatchBank` of the training patches at those positions."""
-        key = (k, int(pos[0]), len(pos))
-        if key not in self._banks:
-            cand = _patches(data, self.kind, self.padding, k)[:, :, pos]                 # (K, P, n)
-            vals = _centres(data, self.kind)[:, :, pos]                                   # (K, V, n)
-            self._banks[key] = PatchBank(cand.permute(0, 2, 1).reshape(-1, cand.shape[1]),
-                                         vals.permute(0, 2, 1).reshape(-1, vals.shape[1]))
-        B, n = q.shape[0], len(pos)
-        qq = q[:, :, pos].permute(0, 2, 1).reshape(B * n, -1)
-        inv2s2 = (0.5 / s**2).repeat_interleave(n)
-        est = self._banks[key].posterior_mean(qq, inv2s2, self.tol)
-        return est.reshape(B, n, -1).permute(0, 2, 1)
+    def _bank_means(self, data, q, s, k, classes) -> list:
+        """Posterior means ``(B, V, n)`` of the queries at the positions of each class ``(n,)`` in ``classes``,
+        each through a :class:`~companion._els_bank.PatchBank` of the training patches at those positions.
+        The banks that a call evaluates whole without planning (small ones, and all at high noise) share
+        one call of the fused kernel where it runs, one segment each, against their tables side by side:
+        their results are those of :meth:`PatchBank.posterior_mean` without its small operations per bank."""
+        B, out, shared = q.shape[0], [], []
+        for pos in classes:
+            key = (k, int(pos[0]), len(pos))
+            if key not in self._banks:
+                cand = _patches(data, self.kind, self.padding, k)[:, :, pos]                 # (K, P, n)
+                vals = _centres(data, self.kind)[:, :, pos]                                   # (K, V, n)
+                self._banks[key] = PatchBank(cand.permute(0, 2, 1).reshape(-1, cand.shape[1]),
+                                             vals.permute(0, 2, 1).reshape(-1, vals.shape[1]))
+            bank = self._banks[key]
+            qq = q[:, :, pos].permute(0, 2, 1).reshape(B * len(pos), -1)
+            inv2s2 = (0.5 / s**2).repeat_interleave(len(pos))
+            joint = bank._native(qq) and bank.unplanned(qq, inv2s2, self.tol) and bank.unplanned_lhs(qq, inv2s2)
+            out.append(joint or bank.posterior_mean(qq, inv2s2, self.tol))
+            shared.append(bool(joint))
+        banks = [self._banks[k, int(pos[0]), len(pos)] for pos in classes]
+        for dt in {out[i][0].dtype for i, joint in enumerate(shared) if joint}:
+            part = [i for i, joint in enumerate(shared) if joint and out[i][0].dtype == dt]
+            table, vals, edges = self._bank_table(banks, dt)
+            rows = torch.tensor([0] + [len(out[i][0]) for i in part]).cumsum(0)
+            sums = _native.softmax_sums(torch.cat([out[i][0] for i in part]), table, vals, rows[:-1], rows[1:],
+                                        edges[part], edges[[i + 1 for i in part]],
+                                        torch.tensor([out[i][1] for i in part]), -87.0 * _LOG2E)[0]
+            est = (sums[:, :-1] / sums[:, -1:]).to(q.dtype)
+            for i, a, b in zip(part, rows[:-1].tolist(), rows[1:].tolist()):
+                out[i] = est[a:b]
+        return [o.reshape(B, len(pos), -1).permute(0, 2, 1) for o, pos in zip(out, classes)]
+
+    def _bank_table(self, banks, dtype):
+        """The tables of ``banks`` (:meth:`PatchBank._table`, transposed) side by side for the fused kernel:
+        ``(table, vals, edges)``, bank i in the columns ``edges[i]:edges[i + 1]`` (cached)."""
+        key = ("banks", dtype) + tuple(map(id, banks))
+        if key not in self._tables:
+            tabs = [b._table(dtype)[:2] for b in banks]
+            self._tables[key] = (F.pad(torch.cat([t.T for t, _ in tabs], 1), (0, _native.PAD)),
+                                 F.pad(torch.cat([v for _, v in tabs], 1), (0, _native.PAD)),
+                                 torch.tensor([0] + [t.shape[0] for t, _ in tabs]).cumsum(0), banks)
+        return self._tables[key][:3]
 
 
 def ideal(data, labels=None, **kw) -> ScoreMachine:

@@ -621,6 +621,37 @@ def test_unplanned_calls_equal_the_plain_machine(dtype, monkeypatch):
         assert (got - plain).abs().max() <= limit
 
 
+@pytest.mark.parametrize("sigma,far", [(3.0, False), (0.3, False), (0.02, False), (1e-4, False), (0.02, True)])
+def test_unplanned_banks_share_one_kernel_call(sigma, far, monkeypatch):
+    # the banks a call evaluates without planning share one call of the fused kernel, a segment each
+    # against their tables side by side (float32 or float64 logits; a fixed shift, or each query's own
+    # maximum where its best weight lies far below it: queries far from every patch): the means of
+    # each bank alone, and of the plain float64 machine
+    from companion import _native
+    from companion._els_bank import PatchBank
+
+    if _native.load() is None:
+        pytest.skip(f"the fused kernel is not available: {_native.reason}")
+    monkeypatch.setattr(PatchBank, "_direct_pairs", 2**40)             # every bank unplanned
+    data = _real_digits(8)
+    g = torch.Generator().manual_seed(18)
+    x = (torch.rand(3, 1, 8, 8, generator=g, dtype=torch.float64) * 2 - 1 if far else data[:3]) \
+        + sigma * torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64)
+    plain = els.equivariant_local(data, 3, bank_min=float("inf"))(x, sigma)
+    calls, orig = [], _native.softmax_sums
+    monkeypatch.setattr(_native, "softmax_sums", lambda lhs, *a: calls.append((lhs.dtype, len(a[2]))) or orig(lhs, *a))
+    machine = els.equivariant_local(data.float(), 3, tol=1e-7, bank_min=100)     # all 9 classes are banks
+    together = machine(x.float(), sigma).double()
+    assert len(machine._banks) == 9 and sum(n for _, n in calls) == 9 and len(calls) <= 2
+    assert (calls[0][0] == torch.float32) == (sigma > 0.1)          # float64 logits where float32 rounds too much
+    fixed = [b.last_cost["fixed"] for b in machine._banks.values()]
+    assert (not all(fixed)) if far else (all(fixed) or sigma < 1)
+    monkeypatch.setattr(PatchBank, "unplanned_lhs", lambda *a: None)              # each bank alone
+    alone = els.equivariant_local(data.float(), 3, tol=1e-7, bank_min=100)(x.float(), sigma).double()
+    assert (together - alone).abs().max() < 1e-5
+    assert (together - plain).abs().max() < 1e-4
+
+
 def test_bank_without_queries_returns_no_rows():
     from companion._els_bank import PatchBank
 
