@@ -43,8 +43,8 @@ Two reductions make it fast without changing the result beyond a stated toleranc
   projection order (:meth:`PatchBank.near_ref`, a lower bound on the best log-weight) shows that the
   largest weight stays above :math:`e^{-40}` (float64: :math:`e^{-600}`), else by each query's own
   maximum. A machine with several banks evaluates those it does not plan in one call of the
-  fused kernel (:meth:`PatchBank.unplanned_lhs`: uncentred, float64 logits where float32 would round
-  too much).
+  fused kernel (:meth:`PatchBank.unplanned_lhs`: relative to each bank's mean row, float64 logits
+  where float32 would round too much).
 
 Logits come out of one matrix product per group of queries, after shifting both sides by the
 group's mean query when that reduces the float32 cancellation of :math:`\|q\|^2 - 2q\cdot y +
@@ -209,21 +209,45 @@ class PatchBank:
         return near if fixed else None
 
     def unplanned_lhs(self, q, inv2s2):
-        """For float32 queries ``q`` evaluated without planning by the fused kernel against :meth:`_table`
-        (uncentred), as one segment of a call shared with other banks: ``(lhs, own_max)``, the logits'
-        left-hand side in log2 units (float32 when their estimated rounding ``eps·(max‖q‖ + max‖y‖)²·s``
-        is at most 1e-4, else float64) and whether the queries take their own maxima (else the shift
-        is ``max log c``; :meth:`_unplanned_ref`). ``None`` where even float64 would round more (then
-        :meth:`posterior_mean` centres the queries)."""
-        rounding = _EPS32 * (float(q.norm(dim=1).max()) + float(self._table(q.dtype)[2])) ** 2 * float(inv2s2.max())
+        """For float32 queries ``q`` evaluated without planning by the fused kernel against
+        :meth:`_about_mean`'s table (rows relative to the bank's mean row m), as one segment of a call
+        shared with other banks: ``(lhs, own_max)``, the logits' left-hand side for ``q − m`` in log2
+        units (float32 when their estimated rounding ``eps·(max‖q − m‖ + max‖y − m‖)²·s`` is at most 1e-4,
+        else float64) and whether the queries take their own maxima (else the shift is ``max log c``;
+        :meth:`_unplanned_ref`). ``None`` without queries and where even float64 would round more (then
+        :meth:`posterior_mean` centres them in smaller groups)."""
+        if q.shape[0] == 0:
+            return None
+        _, _, ymax, m = self._about_mean(q.dtype)
+        qc = q.double() - m
+        rounding = _EPS32 * (float(qc.norm(dim=1).max()) + ymax) ** 2 * float(inv2s2.max())
         if rounding * 2.0**-29 > _ROUNDING:                     # float64's epsilon is float32's times 2^-29
             return None
-        own = self._unplanned_ref(q, inv2s2) is None
-        dt = q.dtype if rounding <= _ROUNDING else torch.float64
-        s, qd = inv2s2.to(dt)[:, None], q.to(dt)
-        shift = 0.0 if own else float(self.logc.max())
-        lhs = _LOG2E * torch.cat([2 * s * qd, -s, torch.ones_like(s), -s * qd.pow(2).sum(1, keepdim=True) - shift], 1)
-        return lhs, own
+        ref = self._unplanned_ref(q, inv2s2)
+        shift = torch.zeros_like(inv2s2, dtype=torch.float64) + (0.0 if ref is None else float(self.logc.max()))
+        return self._lhs(qc, inv2s2, shift, q.dtype if rounding <= _ROUNDING else torch.float64), ref is None
+
+    def _about_mean(self, dtype):
+        """The rows relative to the bank's mean row m, ``[y − m, ‖y − m‖², log c, 1]`` transposed, and ``[v, 1]ᵀ``,
+        both in ``dtype`` and padded for the fused kernel, with ``max ‖y − m‖`` and m (float64; cached)."""
+        key = ("about mean", dtype)
+        if key not in self.__dict__:
+            y = self.y.double()
+            m = y.mean(0)
+            yc, one = y - m, torch.ones_like(self.logc[:, None])
+            tab = torch.cat([yc, yc.pow(2).sum(1, keepdim=True), self.logc[:, None], one], 1).to(dtype)
+            vals = torch.cat([self.v.double(), one], 1).T.to(dtype)
+            self.__dict__[key] = (F.pad(tab.T, (0, _native.PAD)), F.pad(vals, (0, _native.PAD)),
+                                  float(yc.norm(dim=1).max()), m)
+        return self.__dict__[key]
+
+    @staticmethod
+    def _lhs(q, inv2s2, shift, dtype):
+        """The left-hand side ``log2 e · [2sq, −s, 1, −s‖q‖² − shift]`` ``(Q, P + 3)`` in ``dtype`` of the
+        logits ``log2 e · (−s‖q − y‖² + log c − shift)`` against the rows ``[y, ‖y‖², log c, 1]``."""
+        s, q = inv2s2.to(dtype)[:, None], q.to(dtype)
+        return _LOG2E * torch.cat([2 * s * q, -s, torch.ones_like(s), -s * q.pow(2).sum(1, keepdim=True)
+                                   - shift.to(dtype)[:, None]], 1)
 
     def _whole(self, q, inv2s2, ref, tile):
         """Posterior means ``(Q, V)`` (float64) over the whole bank, in groups of up to 512 queries."""
@@ -530,9 +554,7 @@ class PatchBank:
             peak = float(self.logc.max()) - ref
             fixed = float(peak.max()) <= margin
             shift = ref + peak if fixed else ref
-        s = inv2s2.to(dt)[:, None]
-        lhs = _LOG2E * torch.cat([2 * s * qc, -s, torch.ones_like(s), -s * qc.pow(2).sum(1, keepdim=True)
-                                  - shift.to(dt)[:, None]], 1)                 # (n, P + 3), log2 units
+        lhs = self._lhs(qc, inv2s2, shift, dt)                                    # (n, P + 3), log2 units
         # no clamp needed when even the farthest row, ‖q − y‖ ≤ ‖q‖ + max‖y‖, stays above the floor
         far = (-inv2s2.double() * (qc.double().norm(dim=1) + ynorm) ** 2 - shift.double()).min()
         clamp = not fixed or float(far) < floor

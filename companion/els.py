@@ -30,8 +30,9 @@ log-sum-exp, so memory stays bounded (``chunk_elements``) and the weights are ex
 are merged with their counts as log-weights, and candidates whose total weight is provably below
 ``tol`` times the normalizer are skipped (the result moves by at most ``2·tol·max|x0|``): whole
 k-means clusters of patches per query, or everything outside a window in one projection. The banks
-that a call evaluates whole (small ones, such as zero padding's edge classes, and all at high noise)
-share one call of the fused kernel of :mod:`companion._native`, a segment each.
+of at most ``_joint_rows`` rows that a call evaluates without planning (zero padding's edge classes,
+and all at high noise), float32 on the CPU, share one call of the fused kernel of
+:mod:`companion._native` (two where some need float64 logits), a segment each.
 
 Also here: a locality schedule (patch size per σ) and its calibration against a trained network
 (:mod:`companion._els_calibrate`), and the per-image Pearson correlation that the paper's evaluation
@@ -408,10 +409,12 @@ class ScoreMachine:
     def _bank_means(self, data, q, s, k, classes) -> list:
         """Posterior means ``(B, V, n)`` of the queries at the positions of each class ``(n,)`` in ``classes``,
         each through a :class:`~companion._els_bank.PatchBank` of the training patches at those positions.
-        The banks that a call evaluates whole without planning (small ones, and all at high noise) share
-        one call of the fused kernel where it runs, one segment each, against their tables side by side:
-        their results are those of :meth:`PatchBank.posterior_mean` without its small operations per bank."""
-        B, out, shared = q.shape[0], [], []
+        The banks of at most ``_joint_rows`` rows that a call evaluates without planning share a call of
+        the fused kernel (float32 on the CPU; one call per type of logits), one segment each against
+        their tables side by side (copies, hence the cap on rows; :meth:`PatchBank.unplanned_lhs`: rows
+        and queries relative to the bank's mean row). They agree with :meth:`PatchBank.posterior_mean`
+        to the float32 rounding of the logits, which both keep below 1e-4."""
+        B, out, banks, keys = q.shape[0], [], [], []
         for pos in classes:
             key = (k, int(pos[0]), len(pos))
             if key not in self._banks:
@@ -422,32 +425,41 @@ class ScoreMachine:
             bank = self._banks[key]
             qq = q[:, :, pos].permute(0, 2, 1).reshape(B * len(pos), -1)
             inv2s2 = (0.5 / s**2).repeat_interleave(len(pos))
-            joint = bank._native(qq) and bank.unplanned(qq, inv2s2, self.tol) and bank.unplanned_lhs(qq, inv2s2)
+            joint = (bank.n_rows <= self._joint_rows and bank._native(qq) and bank.unplanned(qq, inv2s2, self.tol)
+                     and bank.unplanned_lhs(qq, inv2s2))
             out.append(joint or bank.posterior_mean(qq, inv2s2, self.tol))
-            shared.append(bool(joint))
-        banks = [self._banks[k, int(pos[0]), len(pos)] for pos in classes]
-        for dt in {out[i][0].dtype for i, joint in enumerate(shared) if joint}:
-            part = [i for i, joint in enumerate(shared) if joint and out[i][0].dtype == dt]
-            table, vals, edges = self._bank_table(banks, dt)
+            banks.append(bank if joint else None)
+            keys.append(key)
+        for dt in (torch.float32, torch.float64):
+            part = [i for i, b in enumerate(banks) if b is not None and out[i][0].dtype == dt]
+            if not part:
+                continue
+            table, vals, edges = self._bank_table([keys[i] for i in part], dt)
             rows = torch.tensor([0] + [len(out[i][0]) for i in part]).cumsum(0)
             sums = _native.softmax_sums(torch.cat([out[i][0] for i in part]), table, vals, rows[:-1], rows[1:],
-                                        edges[part], edges[[i + 1 for i in part]],
-                                        torch.tensor([out[i][1] for i in part]), -87.0 * _LOG2E)[0]
+                                        edges[:-1], edges[1:], torch.tensor([out[i][1] for i in part]),
+                                        -87.0 * _LOG2E)[0]
             est = (sums[:, :-1] / sums[:, -1:]).to(q.dtype)
             for i, a, b in zip(part, rows[:-1].tolist(), rows[1:].tolist()):
                 out[i] = est[a:b]
         return [o.reshape(B, len(pos), -1).permute(0, 2, 1) for o, pos in zip(out, classes)]
 
-    def _bank_table(self, banks, dtype):
-        """The tables of ``banks`` (:meth:`PatchBank._table`, transposed) side by side for the fused kernel:
-        ``(table, vals, edges)``, bank i in the columns ``edges[i]:edges[i + 1]`` (cached)."""
-        key = ("banks", dtype) + tuple(map(id, banks))
+    # banks of at most this many rows may share a call of the kernel (their tables are copied side by side)
+    _joint_rows = 2**16
+
+    def _bank_table(self, keys, dtype):
+        """The tables of the banks ``keys`` (:meth:`PatchBank._about_mean`) side by side for the fused
+        kernel: ``(table, vals, edges)``, bank i in the columns ``edges[i]:edges[i + 1]`` (cached; the
+        latest set for each patch size)."""
+        key = ("banks", dtype) + tuple(keys)
         if key not in self._tables:
-            tabs = [b._table(dtype)[:2] for b in banks]
-            self._tables[key] = (F.pad(torch.cat([t.T for t, _ in tabs], 1), (0, _native.PAD)),
-                                 F.pad(torch.cat([v for _, v in tabs], 1), (0, _native.PAD)),
-                                 torch.tensor([0] + [t.shape[0] for t, _ in tabs]).cumsum(0), banks)
-        return self._tables[key][:3]
+            tabs = [self._banks[b]._about_mean(dtype)[:2] for b in keys]
+            n = [self._banks[b].n_rows for b in keys]
+            self._tables = {a: t for a, t in self._tables.items() if a[:2] != key[:2] or a[2][0] != keys[0][0]}
+            self._tables[key] = (F.pad(torch.cat([t[:, :m] for (t, _), m in zip(tabs, n)], 1), (0, _native.PAD)),
+                                 F.pad(torch.cat([v[:, :m] for (_, v), m in zip(tabs, n)], 1), (0, _native.PAD)),
+                                 torch.tensor([0] + n).cumsum(0))
+        return self._tables[key]
 
 
 def ideal(data, labels=None, **kw) -> ScoreMachine:

@@ -622,11 +622,12 @@ def test_unplanned_calls_equal_the_plain_machine(dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("sigma,far", [(3.0, False), (0.3, False), (0.02, False), (1e-4, False), (0.02, True)])
-def test_unplanned_banks_share_one_kernel_call(sigma, far, monkeypatch):
-    # the banks a call evaluates without planning share one call of the fused kernel, a segment each
-    # against their tables side by side (float32 or float64 logits; a fixed shift, or each query's own
-    # maximum where its best weight lies far below it: queries far from every patch): the means of
-    # each bank alone, and of the plain float64 machine
+@pytest.mark.parametrize("subset", [False, True])
+def test_unplanned_banks_share_one_kernel_call(sigma, far, subset, monkeypatch):
+    # the banks a call evaluates without planning share a call of the fused kernel, a segment each against
+    # their tables side by side (float32 or float64 logits; a fixed shift, or each query's own maximum
+    # where its best weight lies far below it: queries far from every patch), also when the largest bank
+    # is left out (subset): the means of each bank alone, and of the plain float64 machine
     from companion import _native
     from companion._els_bank import PatchBank
 
@@ -638,18 +639,45 @@ def test_unplanned_banks_share_one_kernel_call(sigma, far, monkeypatch):
     x = (torch.rand(3, 1, 8, 8, generator=g, dtype=torch.float64) * 2 - 1 if far else data[:3]) \
         + sigma * torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64)
     plain = els.equivariant_local(data, 3, bank_min=float("inf"))(x, sigma)
-    calls, orig = [], _native.softmax_sums
-    monkeypatch.setattr(_native, "softmax_sums", lambda lhs, *a: calls.append((lhs.dtype, len(a[2]))) or orig(lhs, *a))
     machine = els.equivariant_local(data.float(), 3, tol=1e-7, bank_min=100)     # all 9 classes are banks
+    machine(x.float(), 3.0)
+    rows = sorted(b.n_rows for b in machine._banks.values())
+    if subset:
+        monkeypatch.setattr(els.ScoreMachine, "_joint_rows", rows[-2])       # the interior bank alone
+    calls, orig = [], _native.softmax_sums
+    monkeypatch.setattr(_native, "softmax_sums", lambda lhs, t, v, p0, p1, c0, c1, *a: calls.append(
+        (lhs.dtype, (torch.as_tensor(c1) - torch.as_tensor(c0)).tolist())) or orig(lhs, t, v, p0, p1, c0, c1, *a))
     together = machine(x.float(), sigma).double()
-    assert len(machine._banks) == 9 and sum(n for _, n in calls) == 9 and len(calls) <= 2
-    assert (calls[0][0] == torch.float32) == (sigma > 0.1)          # float64 logits where float32 rounds too much
+    monkeypatch.setattr(_native, "softmax_sums", orig)
+    joint = [(dt, ws) for dt, ws in calls if len(ws) > 1]       # one segment per shared bank: its rows
+    assert len(joint) == 1 and sorted(joint[0][1]) == (rows[:-1] if subset else rows)
+    assert joint[0][0] == (torch.float32 if sigma > 0.1 else torch.float64)
+    assert len(calls) == 1 + subset                                       # the interior bank alone
     fixed = [b.last_cost["fixed"] for b in machine._banks.values()]
     assert (not all(fixed)) if far else (all(fixed) or sigma < 1)
     monkeypatch.setattr(PatchBank, "unplanned_lhs", lambda *a: None)              # each bank alone
     alone = els.equivariant_local(data.float(), 3, tol=1e-7, bank_min=100)(x.float(), sigma).double()
+    # (at low noise: float64 uncentred logits against float32 centred ones, each within 1e-4)
     assert (together - alone).abs().max() < 1e-5
     assert (together - plain).abs().max() < 1e-4
+
+
+def test_banks_that_would_round_too_much_even_in_float64_go_alone(monkeypatch):
+    # where even float64 logits of uncentred queries would round by more than the limit, a bank leaves
+    # the shared call and centres its queries itself (forced here by a limit of 1e-30)
+    from companion import _els_bank, _native
+
+    if _native.load() is None:
+        pytest.skip(f"the fused kernel is not available: {_native.reason}")
+    monkeypatch.setattr(_els_bank.PatchBank, "_direct_pairs", 2**40)
+    monkeypatch.setattr(_els_bank, "_ROUNDING", 1e-30)
+    data = _real_digits(8)
+    x = data[:2] + 0.1 * torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(19), dtype=torch.float64)
+    plain = els.equivariant_local(data, 3, bank_min=float("inf"))(x, 0.1)
+    calls, orig = [], _native.softmax_sums
+    monkeypatch.setattr(_native, "softmax_sums", lambda lhs, t, v, p0, *a: calls.append(len(p0)) or orig(lhs, t, v, p0, *a))
+    got = els.equivariant_local(data.float(), 3, tol=1e-7, bank_min=100)(x.float(), 0.1).double()
+    assert calls and max(calls) == 1 and (got - plain).abs().max() < 1e-4      # every bank alone
 
 
 def test_bank_without_queries_returns_no_rows():
