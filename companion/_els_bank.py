@@ -78,6 +78,18 @@ _ROUNDING = 1e-4   # largest estimated float32 rounding of a logit before float6
 _LOG2E = 1.0 / math.log(2.0)   # weights are 2^(log-weight · log2 e): torch's exp2 is ~4x faster than exp
 
 
+def _rows(y: torch.Tensor, logc: torch.Tensor) -> torch.Tensor:
+    """The table ``[y, ‖y‖², log c, 1]`` ``(n, P+3)`` (float64) of rows ``y`` (relative to some point) with
+    log-counts ``logc``: against it, ``PatchBank._lhs`` of queries relative to the same point gives the logits."""
+    y = y.double()
+    return torch.cat([y, y.pow(2).sum(1, keepdim=True), logc.double()[:, None], torch.ones_like(y[:, :1])], 1)
+
+
+def _values(v: torch.Tensor) -> torch.Tensor:
+    """``[v, 1]ᵀ`` ``(V+1, n)`` (float64): one product with the weights gives ``[Σ w v, Σ w]``."""
+    return torch.cat([v.double(), torch.ones_like(v[:, :1], dtype=torch.float64)], 1).T
+
+
 def _kmeans(y: torch.Tensor, n: int, iters: int = 6, chunk: int = 8192) -> torch.Tensor:
     """Cluster labels ``(N,)`` of rows ``y`` ``(N, P)`` (sorted by their principal projection) by
     ``iters`` Lloyd steps in float32 from ``n`` rows at evenly spaced ranks (deterministic)."""
@@ -234,11 +246,9 @@ class PatchBank:
         if key not in self.__dict__:
             y = self.y.double()
             m = y.mean(0)
-            yc, one = y - m, torch.ones_like(self.logc[:, None])
-            tab = torch.cat([yc, yc.pow(2).sum(1, keepdim=True), self.logc[:, None], one], 1).to(dtype)
-            vals = torch.cat([self.v.double(), one], 1).T.to(dtype)
+            tab, vals = _rows(y - m, self.logc).to(dtype), _values(self.v).to(dtype)
             self.__dict__[key] = (F.pad(tab.T, (0, _native.PAD)), F.pad(vals, (0, _native.PAD)),
-                                  float(yc.norm(dim=1).max()), m)
+                                  float((y - m).norm(dim=1).max()), m)
         return self.__dict__[key]
 
     @staticmethod
@@ -483,11 +493,10 @@ class PatchBank:
         key = ("centred", dtype, centred)
         if key not in self.__dict__:
             label = torch.repeat_interleave(torch.arange(self.n_clusters, device=self.start.device), self.start.diff())
-            y, logc = self.y[self.members].double(), self.logc[self.members, None]
+            y = self.y[self.members].double()
             yc = y - self.centre[label].to(y.device) if centred else y
-            one = torch.ones_like(logc)
-            self.__dict__[key] = (torch.cat([yc, yc.pow(2).sum(1, keepdim=True), logc, one], 1).to(dtype),
-                                  torch.cat([self.v[self.members].double(), one], 1).T.contiguous().to(dtype))
+            self.__dict__[key] = (_rows(yc, self.logc[self.members]).to(dtype),
+                                  _values(self.v[self.members]).contiguous().to(dtype))
         return self.__dict__[key]
 
     def _native(self, q) -> bool:
@@ -509,9 +518,8 @@ class PatchBank:
         key = ("table", dtype)
         if key not in self.__dict__:
             y = self.y.double()
-            one = torch.ones_like(self.logc[:, None])
-            self.__dict__[key] = (torch.cat([y, y.pow(2).sum(1, keepdim=True), self.logc[:, None], one], 1).to(dtype),
-                                  torch.cat([self.v.double(), one], 1).T.contiguous().to(dtype), y.norm(dim=1).max())
+            self.__dict__[key] = (_rows(y, self.logc).to(dtype), _values(self.v).contiguous().to(dtype),
+                                  y.norm(dim=1).max())
         return self.__dict__[key]
 
     def _softmax_mean(self, q, inv2s2, ref, rows: slice, rows_per_chunk):
@@ -537,8 +545,7 @@ class PatchBank:
             spread = ynorm + float((q - c).norm(dim=1).max())
             if _EPS32 * spread**2 * smax > _ROUNDING:
                 dt = torch.float64
-            table = torch.cat([yc, yc.pow(2).sum(1, keepdim=True), self.logc[rows, None],
-                               torch.ones_like(yc[:, :1])], 1).to(dt)
+            table = _rows(yc, self.logc[rows]).to(dt)
             qc, centred = q.double() - c.double(), True            # exact before a float64 product
         # logits in dt; weights (exp of logits minus their shift, ≤ 0) in the input's dtype
         table, vals, qc = table.to(dt), vals.to(q.dtype), qc.to(dt)
