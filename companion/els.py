@@ -339,15 +339,14 @@ class ScoreMachine:
         key = (self.kind, self.padding, H, W, k)
         if key not in self._classes:
             self._classes[key] = position_classes(*key)
-        banked = [pos.to(x.device) for idx in self._classes[key] for pos in idx
-                  if self.kind == "els" and allowed is None and K * idx.shape[1] >= self.bank_min]
+        banks = [self.kind == "els" and allowed is None and K * idx.shape[1] >= self.bank_min
+                 for idx in self._classes[key]]                        # classes through a PatchBank
+        banked = [pos.to(x.device) for idx, b in zip(self._classes[key], banks) if b for pos in idx]
         for pos, est in zip(banked, self._bank_means(data, q, s, k, banked)):
             out[:, :, pos] = est
-        for idx in self._classes[key]:
+        for idx in (idx for idx, b in zip(self._classes[key], banks) if not b):
             idx = idx.to(x.device)
             G, n = idx.shape
-            if self.kind == "els" and allowed is None and K * n >= self.bank_min:
-                continue
             if allowed is None and PatchBank.native and _native.runs(x, V):
                 fused = self._fused_mean(data, q, inv2s2, k, idx)
                 if fused is not None:
