@@ -160,7 +160,8 @@ def runs(x: torch.Tensor, channels: int) -> bool:
 def softmax_sums(lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floor, threads=None):
     """Per pair ``p`` of segment ``s`` (the rows ``pair_lo[s]:pair_hi[s]`` of ``lhs``): ``top_p`` and
     ``Σ_j 2^(lhs_p·table_j − top_p) vals_j`` over the columns ``col_lo[s] ≤ j < col_hi[s]``, with
-    ``top_p = 0`` or, where ``own_max[s]``, the pair's largest logit; logits clamped below at ``floor``.
+    ``top_p = 0`` or, where ``own_max[s]``, the pair's largest logit; logits clamped below at ``floor``
+    and not above: ``lhs_p·table_j − top_p`` must stay below 127 (float64: 1023), else the weight overflows.
 
     Args: ``lhs`` ``(n, K)``; ``table`` ``(K, ld)`` and ``vals`` ``(V1, ld)`` (2 ≤ V1 ≤ 4), with
     ``ld ≥ max(col_hi) + PAD`` (finite, e.g. zeros); ``pair_lo``, ``pair_hi``, ``col_lo``, ``col_hi``

@@ -9,7 +9,10 @@
 // registers, from the product through exp2 to the sums. exp2 is evaluated as 2^n 2^f, n the nearest
 // integer, 2^f by a degree-5 polynomial on [-1/2, 1/2] (relative error 8e-8, fitted by least squares
 // at Chebyshev nodes: weights to float32 accuracy also when the logits are float64), after clamping
-// to [floor, 127]. Sums are kept in the logits' type over 256 candidates and then added in float64.
+// below at floor. Logits are not clamped above: 2^x overflows beyond x = 127 (float64: 1023), and the
+// callers keep x = logit - top far below that (top the pair's own maximum, x <= 0, or a shift that no
+// logit exceeds by more than 40, float64: 600); the upper clamp cost ~10% of the time per pair. A NaN logit stays NaN.
+// Sums are kept in the logits' type over 256 candidates and then added in float64.
 // Tables must have 2 * 16 readable columns past the last segment's end.
 // The work is cut into items (runs of pairs of a segment by runs of its columns, see run()) that OpenMP
 // threads take in turn; the cut depends on the segments alone, so the results do not depend on the number
@@ -76,14 +79,14 @@ template <typename T> struct Kernel {
     }
 
     static inline vt exp2v(vt x, T floor) {
-        x = x < floor ? vt{} + floor : x;
-        x = x > T(127) ? vt{} + T(127) : x;
 #if defined(__AVX512F__)
-        if constexpr (sizeof(T) == 4) {                     // round and scale by 2^n in one instruction each
+        if constexpr (sizeof(T) == 4) {                     // clamp, round and scale in one instruction each
+            x = (vt)_mm512_max_ps(_mm512_set1_ps(floor), (__m512)x);   // max(floor, NaN) is NaN
             __m512 n = _mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             return (vt)_mm512_scalef_ps((__m512)poly(x - (vt)n), n);
         }
 #endif
+        x = x < floor ? vt{} + floor : x;
         const vt magic = vt{} + Simd<T>::magic;
         vt t = x + magic, f = x - (t - magic);            // t - magic: x rounded to an integer n
         ut n = (ut)((it)t - (it)magic) << Simd<T>::mantissa;   // n (>= floor >= the least normal exponent)
@@ -163,10 +166,11 @@ template <typename T> struct Kernel {
                             for (int u = 0; u < U; u++) {
                                 vt v[V1];
                                 for (int k = 0; k < V1; k++) v[k] = load(vals + k * ldv + g + u * W);
-                                if (g + u * W + W > hi)                // lanes past the end weigh nothing
-                                    for (int k = 0; k < V1; k++) v[k] = (vt)((it)v[k] & before(g, u, hi));
+                                bool tail = g + u * W + W > hi;        // lanes past the end weigh nothing
+                                it in = tail ? before(g, u, hi) : it{};    // (their weights may overflow)
                                 for (int r = 0; r < R; r++) {
                                     vt w = exp2v(OWN ? s[r][u] - shift[r] : s[r][u], floor);
+                                    if (tail) w = (vt)((it)w & in);
                                     for (int k = 0; k < V1; k++) part[r][k] += w * v[k];
                                 }
                             }

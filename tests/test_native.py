@@ -82,6 +82,25 @@ def test_kernel_own_maximum_never_overflows():
     assert float(top[0]) == 1000.0 and math.isclose(float(sums[0, 0]), 1 + 2.0**-1, rel_tol=1e-5)
 
 
+@kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_weights_are_exact_up_to_large_logits_and_nan_stays_nan(dtype):
+    # no clamp above: logits up to 120 with a fixed shift weigh 2^120; a NaN logit gives NaN sums
+    lhs = torch.tensor([[1.0], [1.0], [math.nan]], dtype=dtype)
+    table = torch.zeros(1, 3 + _native.PAD, dtype=dtype)
+    table[0, :3] = torch.tensor([120.0, 100.0, -200.0])
+    vals = torch.ones(2, 3 + _native.PAD, dtype=dtype)
+    sums, _ = _native.softmax_sums(lhs, table, vals, [0, 1], [1, 3], [0, 0], [3, 3], [False, True], -126.0)
+    assert math.isclose(float(sums[0, 1]), 2.0**120 + 2.0**100 + 2.0**-126, rel_tol=1e-6)
+    assert math.isclose(float(sums[1, 1]), 1 + 2.0**-20, rel_tol=1e-6)
+    assert sums[2].isnan().all()
+    # a pair's maximum far below 0: the table's zero padding past the segment's end gives logits far above
+    # it, whose weights overflow; they must still weigh nothing
+    table[0, :3] = torch.tensor([-300.0, -301.0, -350.0])
+    sums, top = _native.softmax_sums(lhs[:1], table, vals, [0], [1], [0], [3], [True], -126.0)
+    assert float(top[0]) == -300.0 and math.isclose(float(sums[0, 1]), 1 + 2.0**-1 + 2.0**-50, rel_tol=1e-6)
+
+
 def _large_problem(dtype, seed):
     """A problem large enough to be shared among threads: segments of many pairs (split into runs of
     pairs) and of few pairs with many columns (split into runs of columns), an empty one, and pairs of
