@@ -40,7 +40,7 @@ import threading
 
 import torch
 
-__all__ = ["load", "runs", "softmax_sums", "max_logits", "PAD"]
+__all__ = ["load", "runs", "softmax_sums", "max_logits", "cluster_rows", "PAD"]
 
 SOURCE = pathlib.Path(__file__).with_name("_softmax_sums.cpp")
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
@@ -107,6 +107,9 @@ def _open(cxx: str, version: str, flags: list) -> ctypes.CDLL:
             fn.argtypes = ([long] + [ptr] * 5 + [ctypes.c_int] * 2 + [ptr] * 2
                            + [long, ptr, long, real, ptr, ptr, ctypes.c_int, ctypes.c_int])
         lib.softmax_sums_openmp.restype = ctypes.c_int
+        for fn in (lib.cluster_rows_f32, lib.cluster_rows_f64):
+            fn.restype = None
+            fn.argtypes = [ctypes.c_long, ctypes.c_int] + [ctypes.c_void_p] * 8
     except Exception as e:
         raise RuntimeError(f"could not be built or loaded: {e}") from None
     error = _self_check(lib)
@@ -174,6 +177,34 @@ def softmax_sums(lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, fl
     on small calls, where a thread would cost more than it saves); the results do not depend on it.
     """
     return _call(load(), lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floor, threads)
+
+
+def cluster_rows(q, centre, qi, ki, t=None, u=None, dtype=None):
+    """For pairs ``p`` of queries ``q[qi[p]]`` and cluster centres ``centre[ki[p]]`` (float64, ``(Q, P)`` and
+    ``(K, P)``): ``(rows, dist)``, ``dist[p] = ‖q − m‖`` (float64) and, given ``t`` and ``u`` ``(n,)`` float64 and
+    ``dtype``, the rows ``[2 t_p (q − m), −t_p, log2 e, −(t_p ‖q − m‖² + u_p)]`` ``(n, P + 3)`` in ``dtype`` (else
+    ``None``): the left-hand sides of :meth:`companion._els_bank.PatchBank._by_cluster`, built in one pass."""
+    lib = load()
+    if lib is None:
+        raise RuntimeError(f"the fused kernel is not available: {reason}")
+    n, (Q, P) = len(qi), q.shape
+    for name, x in (("q", q), ("centre", centre)) + ((("t", t), ("u", u)) if dtype is not None else ()):
+        if not (x.dtype == torch.float64 and x.device.type == "cpu" and x.is_contiguous()):
+            raise ValueError(f"{name} must be a contiguous CPU float64 tensor")
+    if centre.shape[1:] != (P,) or (dtype is not None and (t.shape != (n,) or u.shape != (n,))):
+        raise ValueError(f"centre {tuple(centre.shape)}, t and u do not match q {tuple(q.shape)} and {n} pairs")
+    qi, ki = (torch.as_tensor(x, dtype=torch.long).contiguous() for x in (qi, ki))
+    if ki.shape != (n,) or n and (int(qi.min()) < 0 or int(qi.max()) >= Q or int(ki.min()) < 0
+                                  or int(ki.max()) >= centre.shape[0]):
+        raise ValueError("qi and ki must index q's and centre's rows, one of each per pair")
+    if dtype not in (None, torch.float32, torch.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    dist = torch.empty(n, dtype=torch.float64)
+    rows = None if dtype is None else torch.empty(n, P + 3, dtype=dtype)
+    fn = lib.cluster_rows_f64 if dtype == torch.float64 else lib.cluster_rows_f32
+    fn(n, P, q.data_ptr(), centre.data_ptr(), qi.data_ptr(), ki.data_ptr(), None if t is None else t.data_ptr(),
+       None if u is None else u.data_ptr(), None if rows is None else rows.data_ptr(), dist.data_ptr())
+    return rows, dist
 
 
 def max_logits(lhs, table, pair_lo, pair_hi, col_lo, col_hi, threads=None):

@@ -101,6 +101,32 @@ def test_kernel_weights_are_exact_up_to_large_logits_and_nan_stays_nan(dtype):
     assert float(top[0]) == -300.0 and math.isclose(float(sums[0, 1]), 1 + 2.0**-1 + 2.0**-50, rel_tol=1e-6)
 
 
+@kernel
+def test_cluster_rows_equal_their_definition():
+    # the rows [2t(q − m), −t, log2 e, −(t‖q − m‖² + u)] of (query, centre) pairs and the distances ‖q − m‖
+    g = torch.Generator().manual_seed(14)
+    q, centre = torch.randn(30, 9, generator=g, dtype=torch.float64), torch.randn(7, 9, generator=g, dtype=torch.float64)
+    qi, ki = torch.randint(0, 30, (100,), generator=g), torch.randint(0, 7, (100,), generator=g)
+    t, u = torch.rand(100, generator=g, dtype=torch.float64) * 5, torch.randn(100, generator=g, dtype=torch.float64)
+    d = q[qi] - centre[ki]
+    want = torch.cat([2 * t[:, None] * d, -t[:, None], torch.full((100, 1), 1 / math.log(2), dtype=torch.float64),
+                      -(t * d.pow(2).sum(1) + u)[:, None]], 1)
+    for dtype in (torch.float64, torch.float32):
+        rows, dist = _native.cluster_rows(q, centre, qi, ki, t, u, dtype)
+        assert rows.dtype == dtype and rows.shape == (100, 12)
+        torch.testing.assert_close(rows, want.to(dtype), rtol=1e-12 if dtype == torch.float64 else 1e-6, atol=1e-12)
+        torch.testing.assert_close(dist, d.norm(dim=1), rtol=1e-14, atol=0)
+    rows, dist = _native.cluster_rows(q, centre, qi[::2], ki[::2])                 # distances alone
+    assert rows is None
+    torch.testing.assert_close(dist, d[::2].norm(dim=1), rtol=1e-14, atol=0)
+    with pytest.raises(ValueError, match="index q's and centre's rows"):
+        _native.cluster_rows(q, centre, qi, ki + 1)
+    with pytest.raises(ValueError, match="q must be a contiguous CPU float64"):
+        _native.cluster_rows(q.float(), centre, qi, ki)
+    with pytest.raises(ValueError, match="do not match"):
+        _native.cluster_rows(q, centre, qi, ki, t[:5], u, torch.float32)
+
+
 def _large_problem(dtype, seed):
     """A problem large enough to be shared among threads: segments of many pairs (split into runs of
     pairs) and of few pairs with many columns (split into runs of columns), an empty one, and pairs of
