@@ -412,8 +412,9 @@ class PatchBank:
         The (cluster, query) pairs of ``keep`` ``(Q, K)`` are taken cluster by cluster, in blocks of
         about ``block`` pairs; each pair gets a shift and the sums ``[Σ w v, Σ w]`` of its weights
         relative to it, and the pairs of a query are combined at the end in float64. The shift is the
-        query's ``ref`` when no row of the cluster can exceed it by more than ``2^40`` (``2^600`` in
-        float64; by the bound ``max_{j∈k} log c_j − s ℓ_k²``), otherwise the cluster's maximum
+        query's ``ref`` when no row of the cluster can exceed it by more than ``2^40`` (``2^600`` where
+        the logits are float64: float64 queries, or the fused kernel, which then weighs in float64; by
+        the bound ``max_{j∈k} log c_j − s ℓ_k²``), otherwise the cluster's maximum
         log-weight (one pass more per pair). Logits are taken relative to the cluster's centre, in
         float64 when the float32 rounding estimate ``eps·((max ‖q − m‖ + r)²·s + max |shift| + max log
         c)`` exceeds 1e-4. With the fused kernel, the pairs' distances and rows come from
@@ -450,12 +451,19 @@ class PatchBank:
             seg = lambda t: torch.zeros(last + 1 - k, dtype=torch.float64, device=dev).scatter_reduce_(  # noqa: E731
                 0, ki - k, t, "amax")
             ub = log_cmax.index_select(0, ki) - s * (dist - radius.index_select(0, ki)).clamp_min(0).pow(2)
-            fixed = seg(ub - r) <= margin / _LOG2E                       # ub: no log-weight exceeds it
+            gap = seg(ub - r)                                      # ub: no log-weight exceeds it
+            fixed = gap <= margin / _LOG2E
             shift = torch.where(fixed[ki - k], r, torch.zeros_like(r))
             # float32 rounding estimate per cluster: eps·((max √s‖q − m‖ + r·max √s)² + max|shift| + max log c)
             rounding = _EPS32 * ((seg(dist * s.sqrt()) + radius[k:last + 1] * seg(s).sqrt()) ** 2
                                  + seg(shift.abs()) + log_cmax[k:last + 1])
-            exact, fixed = (rounding > _ROUNDING).tolist(), fixed.tolist()
+            exact = rounding > _ROUNDING
+            if native and q.dtype != torch.float64:     # the kernel weighs float64 logits in float64: up to 2^600
+                wide = exact & ~fixed & (gap <= 600.0 / _LOG2E)
+                if bool(wide.any()):
+                    fixed = fixed | wide
+                    shift = torch.where(fixed[ki - k], r, torch.zeros_like(r))
+            exact, fixed = exact.tolist(), fixed.tolist()
             if native:                            # the rows in the types the clusters' logits need
                 rows = lambda dt: _native.cluster_rows(q64c, centre, qi, ki, s * _LOG2E, shift * _LOG2E, dt)[0]  # noqa: E731
                 lhs, lhs32 = rows(torch.float64) if any(exact) else None, rows(q.dtype) if not all(exact) else None

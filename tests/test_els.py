@@ -819,3 +819,29 @@ def test_cluster_shifts_equal_the_plain_machine(case, sigma, dtype, monkeypatch)
     if case == "ties" and sigma == 1e-4:                    # some ties undecided, away from the midpoint
         t = (plain - a) / d
         assert ((t > 0.05) & (t < 0.95) & (t - 0.5).abs().gt(0.05)).any()
+
+
+def test_float64_logits_of_the_kernel_take_a_fixed_shift_up_to_2_600(monkeypatch):
+    # clusters whose float32 logits would round too much get float64 logits, which the fused kernel weighs in
+    # float64: a fixed shift (no pass for the maximum) where no log-weight can exceed the reference by 2^600
+    from companion import _native
+    from companion._els_bank import PatchBank
+
+    if _native.load() is None:
+        pytest.skip(f"the fused kernel is not available: {_native.reason}")
+    monkeypatch.setattr(PatchBank, "_pair_cost", 0.0)                 # the evaluation by clusters, forced
+    monkeypatch.setattr(PatchBank, "_overhead", -1)
+    monkeypatch.setattr(PatchBank, "_skip_planning", False)
+    monkeypatch.setattr(PatchBank, "_direct_pairs", 0)
+    from companion import data as cp_data
+
+    data = cp_data.digits()[0][:1000].double()
+    x = data[:8] + 0.1 * torch.randn(data[:8].shape, generator=torch.Generator().manual_seed(19))
+    calls, orig = [], _native.softmax_sums
+    monkeypatch.setattr(_native, "softmax_sums", lambda lhs, t, v, p0, p1, c0, c1, own, *a, **kw: calls.append(
+        (lhs.dtype, torch.as_tensor(own).tolist())) or orig(lhs, t, v, p0, p1, c0, c1, own, *a, **kw))
+    got = els.equivariant_local(data.float(), 5, tol=1e-7, bank_min=1)(x.float(), 0.1).double()
+    own64 = [o for dt, own in calls if dt == torch.float64 and len(own) > 1 for o in own]
+    assert own64 and not any(own64)
+    want = els.equivariant_local(data, 5, bank_min=float("inf"))(x, 0.1)
+    assert (got - want).abs().max() < 1e-4
