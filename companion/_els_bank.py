@@ -31,10 +31,10 @@ Two reductions make it fast without changing the result beyond a stated toleranc
   is ``tol`` :math:`e^{L_q}` for :math:`h^2 = (\log(C/\text{tol}) - L_q)/s`. Queries sorted by
   their projection share contiguous slices in groups.
 
-  Each call evaluates the bank the cheapest way by a cost estimate (pairs to evaluate, plus a fixed
-  cost per cluster): by clusters (low noise: the union of a group's windows is much larger than
-  each query's kept set), by windows, or the whole bank in large groups of queries (whose pairs
-  cost ~0.8 of the windows', which outweighs the rows wide windows skip at moderate noise).
+  Each call evaluates the bank the cheapest way by a cost estimate (pairs to evaluate): by clusters
+  (low noise: the union of a group's windows is much larger than each query's kept set), by windows,
+  or the whole bank in large groups of queries (whose pairs cost ~0.8 of the windows', which
+  outweighs the rows wide windows skip at moderate noise).
   Small calls (at most ``_direct_pairs`` query-row pairs) skip the planning and evaluate the whole
   bank, and so do calls at noise so high that even the narrowest window, the one for the largest
   conceivable :math:`L_q = \max_j \log c_j`, spans the whole bank (planning, 10-16% of such a call,
@@ -59,7 +59,8 @@ of a second product laid out as ``[v, 1]ᵀ · wᵀ`` (a wide output, several ti
 run fused in :mod:`companion._native`'s kernel when it can be built (logits, ``exp2`` and sums of a
 block of pairs in registers, ~2x faster per pair; float64 logits where float32 would round too much),
 with the same shifts, clamps and float64 accumulation: the two paths agree to float32 rounding.
-The kernel's maxima also give :meth:`PatchBank.plan` its references (in float64, whatever the
+The evaluation by clusters runs there in one call, from the kept clusters to each query's sums
+(:func:`companion._native.cluster_sums`). The kernel's maxima also give :meth:`PatchBank.plan` its references (in float64, whatever the
 queries' type) on the CPU.
 """
 from __future__ import annotations
@@ -387,10 +388,12 @@ class PatchBank:
         out.append((a, b, f, last))
         return out
 
-    # cost of the evaluation by clusters relative to the windows' (fitted to forced runs of both on
-    # one CPU thread, 8x8 and 16x16 digits, k = 3 and 5, sigma 0.02-0.5): 1.3x per pair, and a fixed
-    # cost per active cluster worth ~1e4 pairs of a window. Either choice gives the same result.
-    _pair_cost, _overhead = 1.3, 10_000
+    # cost of the evaluation by clusters relative to the windows': per pair, and per active cluster in pairs
+    # of a window. With the clusters in one call of the fused kernel (cluster_sums), 1 and 0 chose best in
+    # paired runs along Chapter 6's trajectory on one CPU thread (8x8 and 16x16 digits, k = 3 and 5; the
+    # torch loop over clusters had been fitted at 1.3 and 1e4; it is not tuned without the kernel). Either
+    # choice gives the same result.
+    _pair_cost, _overhead = 1.0, 0
     # at most this many pairs (queries x rows) are evaluated whole without planning (~1-2 ms a call),
     # which would cost more than it saves
     _direct_pairs = 2**21
@@ -409,19 +412,25 @@ class PatchBank:
     def _by_cluster(self, q, inv2s2, ref, keep, block: int = 2**16):
         """Posterior means ``(Q, V)``: each kept cluster against the queries that keep it.
 
-        The (cluster, query) pairs of ``keep`` ``(Q, K)`` are taken cluster by cluster, in blocks of
-        about ``block`` pairs; each pair gets a shift and the sums ``[Σ w v, Σ w]`` of its weights
-        relative to it, and the pairs of a query are combined at the end in float64. The shift is the
-        query's ``ref`` when no row of the cluster can exceed it by more than ``2^40`` (``2^600`` where
-        the logits are float64: float64 queries, or the fused kernel, which then weighs in float64; by
-        the bound ``max_{j∈k} log c_j − s ℓ_k²``), otherwise the cluster's maximum
-        log-weight (one pass more per pair). Logits are taken relative to the cluster's centre, in
-        float64 when the float32 rounding estimate ``eps·((max ‖q − m‖ + r)²·s + max |shift| + max log
-        c)`` exceeds 1e-4. With the fused kernel, the pairs' distances and rows come from
-        :func:`companion._native.cluster_rows` (one pass; torch's gathers took about as long as the
-        kernel's sums at 16x16, k = 5, σ = 0.23).
+        The (cluster, query) pairs of ``keep`` ``(Q, K)`` are taken cluster by cluster; each pair gets a
+        shift and the sums ``[Σ w v, Σ w]`` of its weights relative to it, and the pairs of a query are
+        combined at the end in float64. The shift is the query's ``ref`` when no row of the cluster can
+        exceed it by more than ``2^40`` (by the bound ``max_{j∈k} log c_j − s ℓ_k²``; ``2^600`` where the
+        logits, and so the weights, are float64), otherwise the cluster's maximum log-weight (one pass more
+        per pair). Logits are taken relative to the cluster's centre, in float64 when the float32 rounding
+        estimate ``eps·((max ‖q − m‖ + r)²·s + max |shift| + max log c)`` exceeds 1e-4. With the fused
+        kernel all of it runs in one call (:func:`companion._native.cluster_sums`, which weighs float64
+        logits in float64); otherwise by torch, in blocks of about ``block`` pairs, with the weights in the
+        queries' type (so float32 queries keep the 2^40 limit for float64 logits too).
         """
         Q, dev, V = q.shape[0], q.device, self.v.shape[1]
+        if self._native(q):
+            sums, flags = _native.cluster_sums(
+                q.double().contiguous(), inv2s2.double().contiguous(), ref.double().contiguous(), keep.T,
+                self.centre, self.radius, self.log_cmax, self.start, self._native_tables(True, q.dtype),
+                self._native_tables(True, torch.float64), -126.0, 40.0 / _LOG2E, 600.0 / _LOG2E, _ROUNDING)
+            self.n_fixed = int((flags[keep.any(0)] & 1).sum())                 # kept clusters with a fixed shift
+            return sums[:, :V] / sums[:, V:]
         kk, qq = (x.contiguous() for x in keep.T.contiguous().nonzero().unbind(1))   # pairs, cluster by cluster
         per = torch.bincount(kk, minlength=self.n_clusters).tolist()
         ends = torch.tensor(per).cumsum(0).tolist()
@@ -433,8 +442,6 @@ class PatchBank:
         q64, s64, P = q.double(), inv2s2.double(), q.shape[1]
         tops, sums = [], []                                        # per pair, in pair order
         k, a, self.n_fixed = 0, 0, 0                           # n_fixed: clusters with a fixed shift
-        native = self._native(q)              # the fused kernel, and its library's rows of the pairs in one pass
-        q64c = q64.contiguous() if native else None
         while a < len(qq):
             last = k                                               # clusters k..last, pairs a:b
             while last + 1 < self.n_clusters and ends[last + 1] - a <= block:
@@ -442,51 +449,29 @@ class PatchBank:
             b = ends[last]
             qi, ki = qq[a:b], kk[a:b]
             s, r = s64.index_select(0, qi), ref.index_select(0, qi)
-            if native:
-                dist = _native.cluster_rows(q64c, centre, qi, ki)[1]
-            else:
-                lhs = torch.empty(b - a, P + 3, dtype=torch.float64, device=dev)   # [2sqc, −s, 1, −s‖qc‖² − shift]
-                qc = torch.sub(q64.index_select(0, qi), centre.index_select(0, ki), out=lhs[:, :P])
-                dist = torch.linalg.vector_norm(qc, dim=1)
+            lhs = torch.empty(b - a, P + 3, dtype=torch.float64, device=dev)   # [2sqc, −s, 1, −s‖qc‖² − shift]
+            qc = torch.sub(q64.index_select(0, qi), centre.index_select(0, ki), out=lhs[:, :P])
+            dist = torch.linalg.vector_norm(qc, dim=1)
             seg = lambda t: torch.zeros(last + 1 - k, dtype=torch.float64, device=dev).scatter_reduce_(  # noqa: E731
                 0, ki - k, t, "amax")
             ub = log_cmax.index_select(0, ki) - s * (dist - radius.index_select(0, ki)).clamp_min(0).pow(2)
-            gap = seg(ub - r)                                      # ub: no log-weight exceeds it
-            fixed = gap <= margin / _LOG2E
+            fixed = seg(ub - r) <= margin / _LOG2E                   # ub: no log-weight exceeds it
             shift = torch.where(fixed[ki - k], r, torch.zeros_like(r))
             # float32 rounding estimate per cluster: eps·((max √s‖q − m‖ + r·max √s)² + max|shift| + max log c)
             rounding = _EPS32 * ((seg(dist * s.sqrt()) + radius[k:last + 1] * seg(s).sqrt()) ** 2
                                  + seg(shift.abs()) + log_cmax[k:last + 1])
-            exact = rounding > _ROUNDING
-            if native and q.dtype != torch.float64:     # the kernel weighs float64 logits in float64: up to 2^600
-                wide = exact & ~fixed & (gap <= 600.0 / _LOG2E)
-                if bool(wide.any()):
-                    fixed = fixed | wide
-                    shift = torch.where(fixed[ki - k], r, torch.zeros_like(r))
-            exact, fixed = exact.tolist(), fixed.tolist()
-            if native:                            # the rows in the types the clusters' logits need
-                rows = lambda dt: _native.cluster_rows(q64c, centre, qi, ki, s * _LOG2E, shift * _LOG2E, dt)[0]  # noqa: E731
-                lhs, lhs32 = rows(torch.float64) if any(exact) else None, rows(q.dtype) if not all(exact) else None
-            else:
-                s = s.mul_(_LOG2E)[:, None]
-                lhs[:, P + 2] = -(s[:, 0] * dist.pow(2) + _LOG2E * shift)
-                qc.mul_(2 * s)
-                lhs[:, P:P + 2] = torch.cat([-s, torch.full_like(s, _LOG2E)], 1)
-                lhs32 = lhs.to(q.dtype) if not all(exact) else None
+            exact, fixed = (rounding > _ROUNDING).tolist(), fixed.tolist()
+            s = s.mul_(_LOG2E)[:, None]
+            lhs[:, P + 2] = -(s[:, 0] * dist.pow(2) + _LOG2E * shift)
+            qc.mul_(2 * s)
+            lhs[:, P:P + 2] = torch.cat([-s, torch.full_like(s, _LOG2E)], 1)
+            lhs32 = lhs.to(q.dtype) if not all(exact) else None
             # top: each pair's log2 weight at 0 (its shift, plus its maximum where the shift is not fixed)
             top, bsum = _LOG2E * shift, torch.zeros(b - a, V + 1, dtype=torch.float64, device=dev)
-            todo = [c for c in range(k, last + 1) if per[c]]
-            self.n_fixed += sum(fixed[c - k] for c in todo)
-            fast = set(todo) if native else set()
-            for dt, lhs_dt in ((q.dtype, lhs32), (torch.float64, lhs)):   # the fused kernel: a segment per cluster
-                group = [c for c in todo if c in fast and exact[c - k] == (dt == torch.float64)]
-                if group:
-                    sums_dt, ktop = _native.softmax_sums(
-                        lhs_dt, *self._native_tables(True, dt), [ends[c] - per[c] - a for c in group],
-                        [ends[c] - a for c in group], [start[c] for c in group], [start[c + 1] for c in group],
-                        [not fixed[c - k] for c in group], floor)
-                    bsum, top = bsum + sums_dt, top + ktop.double()     # both 0 for the pairs of no segment
-            for c in sorted(set(todo) - fast):
+            for c in range(k, last + 1):
+                if not per[c]:
+                    continue
+                self.n_fixed += fixed[c - k]
                 i, j = ends[c] - per[c] - a, ends[c] - a
                 rows = slice(start[c], start[c + 1])
                 dt = torch.float64 if exact[c - k] else q.dtype

@@ -40,7 +40,7 @@ import threading
 
 import torch
 
-__all__ = ["load", "runs", "softmax_sums", "max_logits", "cluster_rows", "PAD"]
+__all__ = ["load", "runs", "softmax_sums", "max_logits", "cluster_sums", "PAD"]
 
 SOURCE = pathlib.Path(__file__).with_name("_softmax_sums.cpp")
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
@@ -107,9 +107,10 @@ def _open(cxx: str, version: str, flags: list) -> ctypes.CDLL:
             fn.argtypes = ([long] + [ptr] * 5 + [ctypes.c_int] * 2 + [ptr] * 2
                            + [long, ptr, long, real, ptr, ptr, ctypes.c_int, ctypes.c_int])
         lib.softmax_sums_openmp.restype = ctypes.c_int
-        for fn in (lib.cluster_rows_f32, lib.cluster_rows_f64):
-            fn.restype = None
-            fn.argtypes = [ctypes.c_long, ctypes.c_int] + [ctypes.c_void_p] * 8
+        lib.cluster_sums.restype = ctypes.c_int
+        lib.cluster_sums.argtypes = ([ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_long] + [ctypes.c_void_p] * 10
+                                     + [ctypes.c_long] + [ctypes.c_void_p] * 2 + [ctypes.c_long]
+                                     + [ctypes.c_double] * 4 + [ctypes.c_void_p] * 2 + [ctypes.c_int])
     except Exception as e:
         raise RuntimeError(f"could not be built or loaded: {e}") from None
     error = _self_check(lib)
@@ -179,32 +180,58 @@ def softmax_sums(lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, fl
     return _call(load(), lhs, table, vals, pair_lo, pair_hi, col_lo, col_hi, own_max, floor, threads)
 
 
-def cluster_rows(q, centre, qi, ki, t=None, u=None, dtype=None):
-    """For pairs ``p`` of queries ``q[qi[p]]`` and cluster centres ``centre[ki[p]]`` (float64, ``(Q, P)`` and
-    ``(K, P)``): ``(rows, dist)``, ``dist[p] = ‖q − m‖`` (float64) and, given ``t`` and ``u`` ``(n,)`` float64 and
-    ``dtype``, the rows ``[2 t_p (q − m), −t_p, log2 e, −(t_p ‖q − m‖² + u_p)]`` ``(n, P + 3)`` in ``dtype`` (else
-    ``None``): the left-hand sides of :meth:`companion._els_bank.PatchBank._by_cluster`, built in one pass."""
+def cluster_sums(q, inv2s2, ref, keep, centre, radius, log_cmax, start, tables32, tables64, floor, margin, margin64,
+                 limit, threads=None):
+    """:meth:`companion._els_bank.PatchBank._by_cluster` with the fused kernel, in one call: for the queries ``q``
+    ``(Q, P)`` with ``inv2s2`` = 1/2σ² and references ``ref`` ``(Q,)`` (natural log units) and the clusters
+    ``keep`` ``(n_clusters, Q)`` (bool: cluster c is evaluated for query i), ``(sums, flags)``: per query
+    ``Σ_p [Σ w v, Σ w]_p 2^(top_p − best)`` over its pairs p (``(Q, V1)`` float64, relative to its largest pair
+    top, zero for a query with no cluster) and per cluster ``flags`` = fixed shift + 2·float64 logits
+    (``(n_clusters,)`` uint8); the shifts and types are those ``_by_cluster`` documents (``margin``, ``margin64``:
+    natural log units; ``limit``: the float32 rounding allowed; ``floor``: log2 units, as in :func:`softmax_sums`).
+
+    The clusters' centres ``centre`` ``(n_clusters, P)``, radii, largest log-counts and column ranges ``start``
+    ``(n_clusters + 1,)``; ``tables32`` and ``tables64``: the centred tables ``(P + 3, ld)`` and ``[v, 1]``
+    ``(V1, ld)`` in float32 and float64 with ``ld ≥ start[-1] + PAD`` (:meth:`PatchBank._native_tables`). The
+    queries and per-query and per-cluster values are contiguous CPU float64 tensors."""
     lib = load()
     if lib is None:
         raise RuntimeError(f"the fused kernel is not available: {reason}")
-    n, (Q, P) = len(qi), q.shape
-    for name, x in (("q", q), ("centre", centre)) + ((("t", t), ("u", u)) if dtype is not None else ()):
-        if not (x.dtype == torch.float64 and x.device.type == "cpu" and x.is_contiguous()):
-            raise ValueError(f"{name} must be a contiguous CPU float64 tensor")
-    if centre.shape[1:] != (P,) or (dtype is not None and (t.shape != (n,) or u.shape != (n,))):
-        raise ValueError(f"centre {tuple(centre.shape)}, t and u do not match q {tuple(q.shape)} and {n} pairs")
-    qi, ki = (torch.as_tensor(x, dtype=torch.long).contiguous() for x in (qi, ki))
-    if ki.shape != (n,) or n and (int(qi.min()) < 0 or int(qi.max()) >= Q or int(ki.min()) < 0
-                                  or int(ki.max()) >= centre.shape[0]):
-        raise ValueError("qi and ki must index q's and centre's rows, one of each per pair")
-    if dtype not in (None, torch.float32, torch.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    dist = torch.empty(n, dtype=torch.float64)
-    rows = None if dtype is None else torch.empty(n, P + 3, dtype=dtype)
-    fn = lib.cluster_rows_f64 if dtype == torch.float64 else lib.cluster_rows_f32
-    fn(n, P, q.data_ptr(), centre.data_ptr(), qi.data_ptr(), ki.data_ptr(), None if t is None else t.data_ptr(),
-       None if u is None else u.data_ptr(), None if rows is None else rows.data_ptr(), dist.data_ptr())
-    return rows, dist
+    (Q, P), K = q.shape, centre.shape[0]
+    for name, x, shape in (("q", q, (Q, P)), ("inv2s2", inv2s2, (Q,)), ("ref", ref, (Q,)), ("centre", centre, (K, P)),
+                           ("radius", radius, (K,)), ("log_cmax", log_cmax, (K,))):
+        if not (x.dtype == torch.float64 and x.device.type == "cpu" and x.is_contiguous() and x.shape == shape):
+            raise ValueError(f"{name} must be a contiguous CPU float64 tensor of shape {shape}, "
+                             f"got {x.dtype} {tuple(x.shape)}")
+    keep = keep.to(torch.uint8).contiguous()
+    start = torch.as_tensor(start, dtype=torch.long).contiguous()
+    if keep.shape != (K, Q) or start.shape != (K + 1,):
+        raise ValueError(f"keep must be (n_clusters, Q) = {(K, Q)} and start (n_clusters + 1,), "
+                         f"got {tuple(keep.shape)} and {tuple(start.shape)}")
+    if K and (int(start[0]) < 0 or bool((start.diff() < 0).any())):
+        raise ValueError("start must be non-decreasing from 0 or more")
+    V1 = tables32[1].shape[0]
+    for (tab, vals), dt in ((tables32, torch.float32), (tables64, torch.float64)):
+        if not all(x.dtype == dt and x.device.type == "cpu" and x.is_contiguous() for x in (tab, vals)) \
+                or tab.shape[0] != P + 3 or vals.shape[0] != V1 or tab.shape[1] != vals.shape[1] \
+                or tab.shape[1] < int(start[-1]) + PAD:
+            raise ValueError(f"tables{dt.itemsize * 8} must be contiguous {dt} (P + 3, ld) and ({V1}, ld) "
+                             f"with ld ≥ start[-1] + {PAD}")
+    if not 2 <= V1 <= 4:
+        raise ValueError(f"the values [v, 1] must have 2 to 4 rows, got {V1}")
+    if not -126.0 <= floor <= 0:
+        raise ValueError(f"floor must lie in [-126, 0], got {floor!r}")
+    threads = torch.get_num_threads() if threads is None else threads
+    sums, flags = torch.zeros(Q, V1, dtype=torch.float64), torch.zeros(K, dtype=torch.uint8)
+    (t32, v32), (t64, v64) = tables32, tables64
+    rc = lib.cluster_sums(Q, P, V1, K, keep.data_ptr(), q.data_ptr(), inv2s2.data_ptr(), ref.data_ptr(),
+                          centre.data_ptr(), radius.data_ptr(), log_cmax.data_ptr(), start.data_ptr(),
+                          t32.data_ptr(), v32.data_ptr(), t32.stride(0), t64.data_ptr(), v64.data_ptr(), t64.stride(0),
+                          float(floor), float(margin), float(margin64), float(limit), sums.data_ptr(),
+                          flags.data_ptr(), max(1, min(int(threads), 1024)))
+    if rc:
+        raise MemoryError("the fused kernel ran out of memory for the clusters' pairs")
+    return sums, flags
 
 
 def max_logits(lhs, table, pair_lo, pair_hi, col_lo, col_hi, threads=None):

@@ -61,6 +61,36 @@ template <> struct Simd<double> {
     static constexpr int mantissa = 52;
 };
 
+// setup()(i) for i in [0, n) on up to `threads` OpenMP threads, which take the i in turn; setup() is called once
+// per thread (e.g. for its buffers), each thread runs with the floating-point control state (flush to zero) of
+// the calling thread, and a failure (out of memory) in any thread is rethrown as std::bad_alloc
+template <class Setup> static void parallel(long n, int threads, Setup setup) {
+    if (n <= 0) return;
+    if (threads > n) threads = int(n);
+    std::atomic<long> next(0);
+    std::atomic<bool> failed(false);
+#if defined(__SSE__)
+    unsigned csr = _mm_getcsr();
+#endif
+#pragma omp parallel num_threads(threads)
+    {
+#if defined(__SSE__)
+        unsigned own = _mm_getcsr();
+        _mm_setcsr(csr);
+#endif
+        try {
+            auto f = setup();
+            for (long i = next++; i < n && !failed; i = next++) f(i);
+        } catch (...) {                                     // nothing may leave the region
+            failed = true;
+        }
+#if defined(__SSE__)
+        _mm_setcsr(own);
+#endif
+    }
+    if (failed) throw std::bad_alloc();
+}
+
 template <typename T> struct Kernel {
     typedef typename Simd<T>::v vt;
     typedef typename Simd<T>::i it;
@@ -186,33 +216,12 @@ template <typename T> struct Kernel {
             }
     }
 
-    // f(i, rows) for i in [0, n) on up to `threads` OpenMP threads, each with the floating-point control
-    // state (flush to zero) of the calling thread and its own buffer for R rows of lhs
+    // f(i, rows) for i in [0, n) on up to `threads` OpenMP threads (parallel()), each with its own buffer for
+    // R rows of lhs
     template <class F> static void each(long n, int threads, int K, F f) {
-        if (n <= 0) return;
-        if (threads > n) threads = int(n);
-        std::atomic<long> next(0);
-        std::atomic<bool> failed(false);
-#if defined(__SSE__)
-        unsigned csr = _mm_getcsr();
-#endif
-#pragma omp parallel num_threads(threads)
-        {
-#if defined(__SSE__)
-            unsigned own = _mm_getcsr();
-            _mm_setcsr(csr);
-#endif
-            try {
-                std::vector<T> rows(R * (size_t)K);
-                for (long i = next++; i < n && !failed; i = next++) f(i, rows.data());
-            } catch (...) {                                 // (out of memory) nothing may leave the region
-                failed = true;
-            }
-#if defined(__SSE__)
-            _mm_setcsr(own);
-#endif
-        }
-        if (failed) throw std::bad_alloc();
+        parallel(n, threads, [&] {
+            return [rows = std::vector<T>(R * (size_t)K), &f](long i) mutable { f(i, rows.data()); };
+        });
     }
 
     // want_sums = 0: only each pair's largest logit (every segment own_max; vals and sums are not read)
@@ -325,8 +334,8 @@ extern "C" int softmax_sums_f64(long n_seg, const long *pair_lo, const long *pai
     }
 }
 
-// The left-hand sides of the (query, cluster) pairs of companion/_els_bank.py's evaluation by clusters, in one
-// pass (torch took ~6 passes over n x P values and ~90 ns a pair): for pair p, d = q[qi[p]] - m[ki[p]] (float64
+// The left-hand sides of the (query, cluster) pairs of companion/_els_bank.py's evaluation by clusters (see
+// cluster_sums below), in one pass: for pair p, d = q[qi[p]] - m[ki[p]] (float64
 // queries q, Q x P, and centres m), dist[p] = |d| (if dist is not null) and, if out is not null, the row
 // [2 t_p d, -t_p, log2 e, -(t_p |d|^2 + u_p)] of P + 3 values in T (t_p = s_p log2 e, u_p = shift_p log2 e).
 template <typename T>
@@ -345,14 +354,107 @@ static void cluster_rows(long n, int P, const double *q, const double *m, const 
     }
 }
 
-extern "C" void cluster_rows_f32(long n, int P, const double *q, const double *m, const long *qi, const long *ki,
-                                 const double *t, const double *u, float *out, double *dist) {
-    cluster_rows<float>(n, P, q, m, qi, ki, t, u, out, dist);
+// The evaluation by clusters of companion/_els_bank.py (PatchBank._by_cluster) in one call, from the clusters
+// each query keeps (keep: n_clusters x Q bytes) to each query's sums; natural log units, s = 1/2 sigma^2 per query.
+// The pairs p = (query, cluster) are taken cluster by cluster, queries in order. Per cluster c, with the bound
+// ub_p = log_cmax_c - s (|q - m_c| - r_c)_+^2 on every log-weight of c for the query (triangle inequality):
+//   gap_c   = max(0, max_p ub_p - ref_q)
+//   exact_c = eps32 ((max_p sqrt(s) |q - m_c| + r_c sqrt(max_p s))^2 + max_p |shift_p| + log_cmax_c) > limit,
+//             the float32 rounding estimate of the logits: float64 logits (tab64, vals64) if exact, else float32
+//   fixed_c = gap_c <= margin, or exact_c and gap_c <= margin64 (float64 logits are weighed in float64);
+//             shift_p = ref_q if fixed_c (the rounding estimate takes shift 0 until then), else 0 and each
+//             pair takes its own maximum
+// and each pair gets the kernel's sums over its cluster's columns start[c]:start[c + 1] (centred tables, rows
+// from cluster_rows) and top_p = log2 e shift_p + (its maximum, or 0). Per query, in pair order (float64):
+// best_q = max_p top_p and out_q = sum_p sums_p 2^(top_p - best_q). flags[c] = fixed_c + 2 exact_c.
+template <typename T>
+static void cluster_item(long p0, long p1, long c, int P, int V1, const long *qi, const long *ki, const double *q,
+                         const double *centre, const double *t, const double *u, const long *start, const T *tab,
+                         const T *vals, long ld, bool own, double floor, double *sums, double *top) {
+    int K = P + 3;
+    long n = p1 - p0;
+    std::vector<T> rows(n * (size_t)K), a(R * (size_t)K), tops(n);
+    cluster_rows<T>(n, P, q, centre, qi + p0, ki + p0, t + p0, u + p0, rows.data(), nullptr);
+#define CASE(v) case v: (own ? Kernel<T>::template segment<v, true> : Kernel<T>::template segment<v, false>)( \
+        0, n, start[c], start[c + 1], K, rows.data(), tab, ld, vals, ld, T(floor), sums + p0 * V1, tops.data(), \
+        a.data(), MAXIMA | SUMS); break;
+    switch (V1) { CASE(2) CASE(3) CASE(4) }
+#undef CASE
+    for (long i = 0; i < n; i++) top[p0 + i] = u[p0 + i] + double(tops[i]);
 }
 
-extern "C" void cluster_rows_f64(long n, int P, const double *q, const double *m, const long *qi, const long *ki,
-                                 const double *t, const double *u, double *out, double *dist) {
-    cluster_rows<double>(n, P, q, m, qi, ki, t, u, out, dist);
+extern "C" int cluster_sums(long Q, int P, int V1, long n_clusters, const unsigned char *keep, const double *q,
+                            const double *s, const double *ref, const double *centre, const double *radius,
+                            const double *log_cmax, const long *start, const float *tab32, const float *vals32,
+                            long ld32, const double *tab64, const double *vals64, long ld64, double floor,
+                            double margin, double margin64, double limit, double *out, unsigned char *flags,
+                            int threads) {
+    if (V1 < 2 || V1 > 4 || P < 1) return 1;
+    const double log2e = 1.4426950408889634, eps32 = 1.0 / 16777216.0;
+    try {
+        std::vector<long> first(n_clusters + 1, 0);                 // the pairs of cluster c: first[c]:first[c + 1]
+        for (long c = 0; c < n_clusters; c++) {
+            long k = 0;
+            for (long i = 0; i < Q; i++) k += keep[c * Q + i] != 0;
+            first[c + 1] = first[c] + k;
+        }
+        long n = first[n_clusters];
+        std::vector<long> qi(n), ki(n);
+        std::vector<double> dist(n), t(n), u(n), sums(n * (size_t)V1), top(n);
+        for (long c = 0, p = 0; c < n_clusters; c++)
+            for (long i = 0; i < Q; i++)
+                if (keep[c * Q + i]) qi[p] = i, ki[p++] = c;
+        cluster_rows<double>(n, P, q, centre, qi.data(), ki.data(), nullptr, nullptr, nullptr, dist.data());
+        struct Item { long c, p0, p1; };
+        std::vector<Item> items;
+        double work = 0;
+        for (long c = 0; c < n_clusters; c++) {
+            double gap = 0, sd = 0, smax = 0, shift = 0;
+            for (long p = first[c]; p < first[c + 1]; p++) {
+                double si = s[qi[p]], d = dist[p] - radius[c] > 0 ? dist[p] - radius[c] : 0.0;
+                double g = log_cmax[c] - si * d * d - ref[qi[p]];
+                gap = g > gap ? g : gap;
+                sd = sqrt(si) * dist[p] > sd ? sqrt(si) * dist[p] : sd;
+                smax = si > smax ? si : smax;
+            }
+            bool fixed = gap <= margin;
+            for (long p = first[c]; p < first[c + 1] && fixed; p++)
+                shift = fabs(ref[qi[p]]) > shift ? fabs(ref[qi[p]]) : shift;
+            double r = sd + radius[c] * sqrt(smax);
+            bool exact = eps32 * (r * r + shift + log_cmax[c]) > limit;
+            fixed = fixed || (exact && gap <= margin64);
+            flags[c] = (unsigned char)(fixed + 2 * exact);
+            for (long p = first[c]; p < first[c + 1]; p++)
+                t[p] = s[qi[p]] * log2e, u[p] = fixed ? ref[qi[p]] * log2e : 0.0;
+            for (long p = first[c]; p < first[c + 1]; p += PAIR_STEP)
+                items.push_back({c, p, p + PAIR_STEP < first[c + 1] ? p + PAIR_STEP : first[c + 1]});
+            work += double(first[c + 1] - first[c]) * double(start[c + 1] - start[c]);
+        }
+        if (threads < 1 || work < MIN_PAIRS_PER_THREAD * 2.0) threads = 1;
+        if (threads > 1 && work / threads < MIN_PAIRS_PER_THREAD) threads = int(work / MIN_PAIRS_PER_THREAD);
+        parallel((long)items.size(), threads, [&] {
+            return [&](long i) {
+                const Item &it = items[i];
+                bool own = !(flags[it.c] & 1);
+                if (flags[it.c] & 2)
+                    cluster_item<double>(it.p0, it.p1, it.c, P, V1, qi.data(), ki.data(), q, centre, t.data(), u.data(),
+                                         start, tab64, vals64, ld64, own, floor, sums.data(), top.data());
+                else
+                    cluster_item<float>(it.p0, it.p1, it.c, P, V1, qi.data(), ki.data(), q, centre, t.data(), u.data(),
+                                        start, tab32, vals32, ld32, own, floor, sums.data(), top.data());
+            };
+        });
+        std::vector<double> best(Q, -INFINITY);
+        for (long p = 0; p < n; p++) best[qi[p]] = top[p] > best[qi[p]] ? top[p] : best[qi[p]];
+        for (long i = 0; i < Q * V1; i++) out[i] = 0.0;
+        for (long p = 0; p < n; p++) {
+            double w = exp2(top[p] - best[qi[p]]);
+            for (int k = 0; k < V1; k++) out[qi[p] * V1 + k] += sums[p * V1 + k] * w;
+        }
+    } catch (...) {
+        return 2;
+    }
+    return 0;
 }
 
 // 1 when built with OpenMP (the work can be shared among threads), else 0.

@@ -837,11 +837,12 @@ def test_float64_logits_of_the_kernel_take_a_fixed_shift_up_to_2_600(monkeypatch
 
     data = cp_data.digits()[0][:1000].double()
     x = data[:8] + 0.1 * torch.randn(data[:8].shape, generator=torch.Generator().manual_seed(19))
-    calls, orig = [], _native.softmax_sums
-    monkeypatch.setattr(_native, "softmax_sums", lambda lhs, t, v, p0, p1, c0, c1, own, *a, **kw: calls.append(
-        (lhs.dtype, torch.as_tensor(own).tolist())) or orig(lhs, t, v, p0, p1, c0, c1, own, *a, **kw))
+    flags, orig = [], _native.cluster_sums
+    monkeypatch.setattr(_native, "cluster_sums", lambda q, s, r, keep, *a: (lambda out: flags.append(
+        out[1][keep.any(1)]) or out)(orig(q, s, r, keep, *a)))
     got = els.equivariant_local(data.float(), 5, tol=1e-7, bank_min=1)(x.float(), 0.1).double()
-    own64 = [o for dt, own in calls if dt == torch.float64 and len(own) > 1 for o in own]
-    assert own64 and not any(own64)
+    flags = torch.cat(flags)
+    float64 = flags[flags & 2 > 0]                            # the kept clusters with float64 logits
+    assert len(float64) and bool((float64 & 1 > 0).all())     # all with a fixed shift
     want = els.equivariant_local(data, 5, bank_min=float("inf"))(x, 0.1)
     assert (got - want).abs().max() < 1e-4

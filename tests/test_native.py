@@ -101,30 +101,85 @@ def test_kernel_weights_are_exact_up_to_large_logits_and_nan_stays_nan(dtype):
     assert float(top[0]) == -300.0 and math.isclose(float(sums[0, 1]), 1 + 2.0**-1 + 2.0**-50, rel_tol=1e-6)
 
 
+def _cluster_problem(seed=14, Q=41):
+    """A bank of 600 random 9-pixel patches in clusters of ~32 rows, float32 queries with 1/2σ² from 0.5 to
+    2,000, a random set of kept clusters per query (with the cluster of its nearest row; the first half of the
+    clusters kept by queries with 1/2σ² ≤ 20 alone; the last two keep one far cluster alone), and references
+    0-60 below each query's best log-weight over them (lower bounds on it, as the bank's references are)."""
+    from companion._els_bank import PatchBank
+
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.rand(600, 9, generator=g, dtype=torch.float64) * 2 - 1).round(decimals=1)    # repeats: counts
+    bank = PatchBank(y, y[:, 4:5], cluster_rows=32)
+    q = (y[torch.randint(0, 600, (Q,), generator=g)] + 0.05 * torch.randn(Q, 9, generator=g)).float()
+    low = torch.arange(Q) < 3 * Q // 4                     # these queries: 1/2σ² ≤ 20, the others ≥ 300
+    s = torch.where(low, 10 ** (torch.rand(Q, generator=g, dtype=torch.float64) * 1.6 - 0.3),
+                    10 ** (torch.rand(Q, generator=g, dtype=torch.float64) * 0.8 + 2.5))
+    keep = torch.rand(bank.n_clusters, Q, generator=g) < 0.2
+    keep[: bank.n_clusters // 2] &= low                     # float32 logits suffice for these clusters
+    label = torch.repeat_interleave(torch.arange(bank.n_clusters), bank.start.diff())[torch.argsort(bank.members)]
+    keep[label[torch.cdist(q.double(), bank.y.double()).argmin(1)], torch.arange(Q)] = True   # the nearest row's
+    keep[:, -1] = torch.arange(bank.n_clusters) == torch.cdist(q[-1:].double(), bank.centre).argmax()  # the farthest
+    # the last but one lies beyond cluster 0's farthest row y, 3 from it on the ray from the centre m, with
+    # 1/2σ² = 20, and it alone keeps that cluster: the bound is tight, the best log-weight ≈ −180 (a fixed shift
+    # far from 0: weights relative to 0 would all lie below the floor), and float32 logits round by < 1e-4
+    m, rows = bank.centre[0], bank.members[: int(bank.start[1])]
+    y = bank.y[rows[(bank.y[rows].double() - m).norm(dim=1).argmax()]].double()
+    q[-2], s[-2] = (y + 3 * (y - m) / (y - m).norm()).float(), 20.0
+    keep[:, -2] = torch.arange(bank.n_clusters) == 0
+    keep[0] = torch.arange(Q) == Q - 2
+    logw = bank.logc - s[:, None] * torch.cdist(q.double(), bank.y.double()).pow(2)       # rows in bank order
+    offset = 60 * torch.rand(Q, generator=g, dtype=torch.float64) ** 6
+    offset[-2] = 0.0
+    return bank, q, s, logw.masked_fill(~keep.T[:, label], -math.inf).amax(1) - offset, keep
+
+
 @kernel
-def test_cluster_rows_equal_their_definition():
-    # the rows [2t(q − m), −t, log2 e, −(t‖q − m‖² + u)] of (query, centre) pairs and the distances ‖q − m‖
-    g = torch.Generator().manual_seed(14)
-    q, centre = torch.randn(30, 9, generator=g, dtype=torch.float64), torch.randn(7, 9, generator=g, dtype=torch.float64)
-    qi, ki = torch.randint(0, 30, (100,), generator=g), torch.randint(0, 7, (100,), generator=g)
-    t, u = torch.rand(100, generator=g, dtype=torch.float64) * 5, torch.randn(100, generator=g, dtype=torch.float64)
-    d = q[qi] - centre[ki]
-    want = torch.cat([2 * t[:, None] * d, -t[:, None], torch.full((100, 1), 1 / math.log(2), dtype=torch.float64),
-                      -(t * d.pow(2).sum(1) + u)[:, None]], 1)
-    for dtype in (torch.float64, torch.float32):
-        rows, dist = _native.cluster_rows(q, centre, qi, ki, t, u, dtype)
-        assert rows.dtype == dtype and rows.shape == (100, 12)
-        torch.testing.assert_close(rows, want.to(dtype), rtol=1e-12 if dtype == torch.float64 else 1e-6, atol=1e-12)
-        torch.testing.assert_close(dist, d.norm(dim=1), rtol=1e-14, atol=0)
-    rows, dist = _native.cluster_rows(q, centre, qi[::2], ki[::2])                 # distances alone
-    assert rows is None
-    torch.testing.assert_close(dist, d[::2].norm(dim=1), rtol=1e-14, atol=0)
-    with pytest.raises(ValueError, match="index q's and centre's rows"):
-        _native.cluster_rows(q, centre, qi, ki + 1)
-    with pytest.raises(ValueError, match="q must be a contiguous CPU float64"):
-        _native.cluster_rows(q.float(), centre, qi, ki)
-    with pytest.raises(ValueError, match="do not match"):
-        _native.cluster_rows(q, centre, qi, ki, t[:5], u, torch.float32)
+def test_cluster_sums_equal_their_definition():
+    # the evaluation by clusters in one call: each query's softmax mean over the rows of the clusters it keeps,
+    # and each cluster's shift (fixed or its own maximum) and type of logits as _by_cluster defines them
+    bank, q, s, ref, keep = _cluster_problem()
+    Q, P, K = q.shape[0], q.shape[1], bank.n_clusters
+    margin, margin64, limit = 40 / math.log2(math.e), 600 / math.log2(math.e), 1e-4
+    args = (q.double(), s, ref, keep, bank.centre, bank.radius, bank.log_cmax, bank.start,
+            bank._native_tables(True, torch.float32), bank._native_tables(True, torch.float64), -126.0, margin,
+            margin64, limit)
+    sums, flags = _native.cluster_sums(*args)
+    label = torch.repeat_interleave(torch.arange(K), bank.start.diff())              # rows cluster by cluster
+    tab, vals = bank._centred(torch.float64)
+    y, logc, v = tab[:, :P] + bank.centre[label], tab[:, P + 1], vals[0]
+    logw = logc - s[:, None] * torch.cdist(q.double(), y).pow(2)
+    w = torch.softmax(logw.masked_fill(~keep.T[:, label], -math.inf), 1)
+    torch.testing.assert_close(sums[:, 0] / sums[:, 1], w @ v, rtol=0, atol=2e-6)
+    dist = torch.cdist(bank.centre, q.double())                                         # (K, Q)
+    ub = bank.log_cmax[:, None] - s * (dist - bank.radius[:, None]).clamp_min(0).pow(2)
+    gap = (ub - ref).masked_fill(~keep, -math.inf).amax(1).clamp_min(0)
+    fixed = gap <= margin
+    shift = torch.where(fixed, ref.abs().masked_fill(~keep, 0).amax(1), torch.zeros(K, dtype=torch.float64))
+    spread = ((s.sqrt() * dist).masked_fill(~keep, 0).amax(1) + bank.radius * s.masked_fill(~keep, 0).amax(1).sqrt())
+    exact = 2.0**-24 * (spread**2 + shift + bank.log_cmax) > limit
+    fixed = fixed | (exact & (gap <= margin64))
+    kept = keep.any(1)
+    assert torch.equal(flags[kept].long(), (fixed.long() + 2 * exact.long())[kept])
+    for f in (0, 1, 2, 3):                                      # every combination occurs
+        assert bool((flags[kept] == f).any()), f
+    for threads in (1, 2):                                      # the same, bit for bit, on any number of threads
+        assert torch.equal(_native.cluster_sums(*args, threads=threads)[0], sums)
+
+
+@kernel
+def test_cluster_sums_reject_bad_input():
+    bank, q, s, ref, keep = _cluster_problem(Q=5)
+    t32, t64 = bank._native_tables(True, torch.float32), bank._native_tables(True, torch.float64)
+    args = dict(q=q.double(), inv2s2=s, ref=ref, keep=keep, centre=bank.centre, radius=bank.radius,
+                log_cmax=bank.log_cmax, start=bank.start, tables32=t32, tables64=t64, floor=-126.0, margin=27.0,
+                margin64=400.0, limit=1e-4)
+    for name, bad, match in [("q", q, "q must be a contiguous CPU float64"), ("ref", ref[:3], "ref must be"),
+                             ("keep", keep.T, "keep must be"), ("start", bank.start.flip(0), "start must be"),
+                             ("tables32", (t32[0][:, :-1], t32[1]), "tables32"), ("tables64", t32, "tables64"),
+                             ("floor", 1.0, "floor")]:
+        with pytest.raises(ValueError, match=match):
+            _native.cluster_sums(**{**args, name: bad})
 
 
 def _large_problem(dtype, seed):
@@ -340,8 +395,10 @@ def test_bank_with_the_kernel_equals_the_bank_without(path, sigma, channels, mon
     monkeypatch.setattr(PatchBank, "_overhead", -1 if path == "clusters" else math.inf)
     monkeypatch.setattr(PatchBank, "_whole_cost", -1.0 if path == "whole" else 1e9)
     used = []
-    orig = _native.softmax_sums
+    orig, orig_clusters = _native.softmax_sums, _native.cluster_sums
     monkeypatch.setattr(_native, "softmax_sums", lambda lhs, *a: used.append(lhs.dtype) or orig(lhs, *a))
+    monkeypatch.setattr(_native, "cluster_sums", lambda *a: (lambda out: used.extend(   # the clusters' logit types
+        torch.float64 if f & 2 else torch.float32 for f in out[1][a[3].any(1)].tolist()) or out)(orig_clusters(*a)))
     out = {}
     for native in (False, True):
         monkeypatch.setattr(PatchBank, "native", native)
