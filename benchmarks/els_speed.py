@@ -18,11 +18,15 @@ skipping and tile shapes.
 ``companion.els`` (default ``tol = 1e-7``; ``--tol`` sets it) deduplicates identical patches and skips candidates
 whose total weight is provably below tol times the normalizer, by k-means clusters with a triangle-inequality
 bound or by a window in one projection, whichever is cheaper per call (companion/_els_bank.py). Both
-run in float32 on the same inputs and the same number of threads (``--threads``, default one), with
+run in float32 on the same inputs and the same number of threads (``--threads``; default: torch's, one per
+core, two on this project's CI machine and on Colab; ``--threads 1`` for one), with
 denormal numbers flushed to zero (without it the exp of very negative logits slows the baseline down
 3-4x at low noise): 32 noisy queries, 1,000 training images,
 k = 3 and 5, zero padding, for the 8x8 digits and for the digits upsampled to 16x16
-(companion.recipes.digits16). Each time is the best of ``--repeat`` calls. The machine is timed twice: the
+(companion.recipes.digits16). Each time is the best of ``--repeat`` calls, the baseline's and the machine's
+taken in turn in each round (:func:`timed_rounds`: a shared machine's speed drifts over minutes), with freed
+memory kept for reuse (:func:`keep_freed_memory`: otherwise the baseline's large tiles are faulted in afresh
+on every allocation, which slowed it down by 1.5-3x, varying from run to run). The machine is timed twice: the
 first call includes building its patch banks (done once per patch size and reused by every later call, e.g.
 along a sampler's trajectory), then steady-state calls. The outputs are compared with a float64 evaluation of
 the plain machine (``bank_min=inf``), which is exact up to float64 rounding.
@@ -49,16 +53,17 @@ The trajectory rows repeat the measurement along the noise levels Chapter 6's qu
 (``samplers.loglinear(12, 0.01, 10.0)``, 12 calls), with the queries at each level approximated by
 x0 + sigma eps, at a fixed patch size: total times over the 12 calls, and the ceiling of the totals.
 
-With ``--threads 2`` both use two threads: the baseline's products, exp and reductions through torch's
+With two threads both use them: the baseline's products, exp and reductions through torch's
 thread pool, the machine's torch operations likewise and its kernel by sharing its pairs among threads
 (companion._native); planning and bookkeeping stay largely serial, and ``pair_seconds`` is then the
 kernel's cost per pair on that many threads.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/els_speed.py [--quick] [--threads N]``.
+Run: ``.venv/bin/python benchmarks/els_speed.py [--quick] [--threads N] [--repeat R]``.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import math
 import time
 
@@ -120,14 +125,41 @@ def batched_els(x, data, sigma, k, tile=2**20, exp2=False):
     return out.reshape(B, C, H, W)
 
 
+def keep_freed_memory():
+    """Have glibc's malloc keep freed memory for reuse instead of returning it to the system: ``True`` if set.
+
+    By default a large buffer (here the baseline's tiles of logits, ~4 MB) is mapped fresh on each allocation and
+    unmapped when freed, and its pages are faulted in again every time; how often depends on malloc's adaptive
+    threshold, i.e. on what the process allocated before. That made the baseline's time at 8x8 vary 1.5-3x
+    between runs of the same call (e.g. 1.75 s against 2.8-4.5 s along the trajectory at k = 3 on one thread)
+    and slowed it down; with the thresholds fixed high both contenders reuse their memory. No effect (``False``)
+    where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def timed(fn, repeat=1):
     """``(output, best wall time of repeat calls)``."""
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
+    (out,), (best,) = timed_rounds([fn], repeat)
     return out, best
+
+
+def timed_rounds(fns, repeat=1):
+    """``(outputs, best wall times)`` of the functions ``fns``, called in turn in each of ``repeat`` rounds.
+
+    Interleaved, so that every function is timed in the same phases of a shared machine (whose speed can
+    drift by tens of percent over minutes), and the ratios of the best times compare like with like."""
+    outs, best = [None] * len(fns), [float("inf")] * len(fns)
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            outs[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return outs, best
 
 
 def pairs(x, data, k):
@@ -227,9 +259,9 @@ def full_profile_estimate(cpu_flops, n_train=50_000, size=32, tflops=10.0, exps_
 
 def measure(machine, exact, classes, data, x, sigma, k, repeat, t_pair):
     """One (inputs, sigma): baseline and machine times, their errors, needed pairs and the ceiling."""
-    base, t_base = timed(lambda: batched_els(x, data, sigma, k), repeat)
-    _, t_base2 = timed(lambda: batched_els(x, data, sigma, k, exp2=True), repeat)
-    fast, t_fast = timed(lambda: machine(x, sigma), repeat)
+    (base, _, fast), (t_base, t_base2, t_fast) = timed_rounds(
+        [lambda: batched_els(x, data, sigma, k), lambda: batched_els(x, data, sigma, k, exp2=True),
+         lambda: machine(x, sigma)], repeat)
     ref = exact(x.double(), sigma)
     (need, need_loose), total = needed_pairs(x, classes, sigma, k, (machine.tol, 5e-5), max_queries=256)
     return dict(base=t_base, base2=t_base2, els=t_fast, diff=(fast - base).abs().max().item(),
@@ -238,8 +270,10 @@ def measure(machine, exact, classes, data, x, sigma, k, repeat, t_pair):
                 need=need, total=total, ideal=need * t_pair, ideal_loose=need_loose * t_pair)
 
 
-def main(quick=False, repeat=3, tol=1e-7, threads=1):
-    torch.set_num_threads(threads)
+def main(quick=False, repeat=3, tol=1e-7, threads=0):
+    reuse = keep_freed_memory()
+    if threads > 0:
+        torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     sets = {"8x8": cp.data.digits()[0][:1000], "16x16": recipes.digits16(16, 1000)[0]}
     sigmas = (2.0, 0.5, 0.1) if quick else (2.0, 0.5, 0.1, 0.02)
@@ -247,7 +281,8 @@ def main(quick=False, repeat=3, tol=1e-7, threads=1):
     n_query = 8 if quick else 32
     t_pair = {k: pair_seconds(k * k) for k in (3, 5)}
     print(f"ELS, zero padding, digits, {n_query} queries vs 1000 training images, float32, "
-          f"{torch.get_num_threads()} thread(s), best of {repeat}; times in seconds; machine tol {tol:g}; "
+          f"{torch.get_num_threads()} thread(s), best of {repeat}, freed memory "
+          f"{'kept for reuse' if reuse else 'returned (not glibc)'}; times in seconds; machine tol {tol:g}; "
           f"inner loop ({'fused kernel' if _native.load() is not None else 'torch: ' + _native.reason}) per pair: "
           + ", ".join(f"k={k} {t * 1e9:.2f} ns" for k, t in t_pair.items()))
     head = (f"{'data':>5} {'k':>1} {'sigma':>5} {'batched':>7} {'els 1st':>7} {'els':>6} {'speed-up':>8} "
@@ -304,6 +339,7 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="8 queries and 3 noise levels")
     parser.add_argument("--repeat", type=int, default=3, help="time each call this many times (best)")
     parser.add_argument("--tol", type=float, default=1e-7, help="the machine's tol")
-    parser.add_argument("--threads", type=int, default=1, help="threads for both (torch and the kernel)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads for both (torch and the kernel); 0: torch's default, one per core")
     args = parser.parse_args()
     main(args.quick, args.repeat, args.tol, args.threads)

@@ -721,6 +721,20 @@ def test_benchmark_baseline_is_the_plain_machine(bench):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
+def test_benchmark_times_its_contenders_in_turn(bench):
+    # the speed-ups are ratios of best times: the baseline and the machine are called in turn in every round,
+    # so a drift of the shared machine's speed hits both; each best time is the minimum of its own calls
+    calls, clock = [], iter(range(100))
+    real = bench.time.perf_counter
+    bench.time.perf_counter = lambda: float(next(clock)) ** 2       # the i-th call lasts 4i + 1 "seconds"
+    try:
+        outs, best = bench.timed_rounds([lambda: calls.append("a") or "A", lambda: calls.append("b") or "B"], 3)
+    finally:
+        bench.time.perf_counter = real
+    assert calls == ["a", "b"] * 3 and outs == ["A", "B"]
+    assert best == [1.0, 5.0]                    # the first round's: 1^2 - 0^2 and 3^2 - 2^2
+
+
 def test_benchmark_needed_pairs_count(bench):
     # the benchmark's ceiling counts the deduplicated (query, candidate) pairs that no method exact to tol
     # may skip (all but the lightest, whose weights sum to ≤ tol·Z); count them here pixel by pixel:
