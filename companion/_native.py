@@ -198,6 +198,8 @@ def cluster_sums(q, inv2s2, ref, keep, centre, radius, log_cmax, start, tables32
     if lib is None:
         raise RuntimeError(f"the fused kernel is not available: {reason}")
     (Q, P), K = q.shape, centre.shape[0]
+    if P < 1:
+        raise ValueError(f"q must have at least one column, got {tuple(q.shape)}")
     for name, x, shape in (("q", q, (Q, P)), ("inv2s2", inv2s2, (Q,)), ("ref", ref, (Q,)), ("centre", centre, (K, P)),
                            ("radius", radius, (K,)), ("log_cmax", log_cmax, (K,))):
         if not (x.dtype == torch.float64 and x.device.type == "cpu" and x.is_contiguous() and x.shape == shape):
@@ -222,13 +224,15 @@ def cluster_sums(q, inv2s2, ref, keep, centre, radius, log_cmax, start, tables32
     if not -126.0 <= floor <= 0:
         raise ValueError(f"floor must lie in [-126, 0], got {floor!r}")
     threads = torch.get_num_threads() if threads is None else threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
     sums, flags = torch.zeros(Q, V1, dtype=torch.float64), torch.zeros(K, dtype=torch.uint8)
     (t32, v32), (t64, v64) = tables32, tables64
     rc = lib.cluster_sums(Q, P, V1, K, keep.data_ptr(), q.data_ptr(), inv2s2.data_ptr(), ref.data_ptr(),
                           centre.data_ptr(), radius.data_ptr(), log_cmax.data_ptr(), start.data_ptr(),
                           t32.data_ptr(), v32.data_ptr(), t32.stride(0), t64.data_ptr(), v64.data_ptr(), t64.stride(0),
                           float(floor), float(margin), float(margin64), float(limit), sums.data_ptr(),
-                          flags.data_ptr(), max(1, min(int(threads), 1024)))
+                          flags.data_ptr(), min(threads, 1024))
     if rc:
         raise MemoryError("the fused kernel ran out of memory for the clusters' pairs")
     return sums, flags

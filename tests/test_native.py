@@ -177,7 +177,8 @@ def test_cluster_sums_reject_bad_input():
     for name, bad, match in [("q", q, "q must be a contiguous CPU float64"), ("ref", ref[:3], "ref must be"),
                              ("keep", keep.T, "keep must be"), ("start", bank.start.flip(0), "start must be"),
                              ("tables32", (t32[0][:, :-1], t32[1]), "tables32"), ("tables64", t32, "tables64"),
-                             ("floor", 1.0, "floor")]:
+                             ("floor", 1.0, "floor"), ("threads", 0, "threads"), ("threads", 1.5, "threads"),
+                             ("q", torch.zeros(len(q), 0, dtype=torch.float64), "q must")]:
         with pytest.raises(ValueError, match=match):
             _native.cluster_sums(**{**args, name: bad})
 
